@@ -17,53 +17,14 @@ from spamfilter.mailtext import email_to_text
 from spamfilter.modeldir import LABELS, ModelCard, Thresholds, write_card
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-SPAM_WORDS = [
-    "viagra",
-    "cheap",
-    "pills",
-    "winner",
-    "lottery",
-    "prize",
-    "claim",
-    "cash",
-    "free",
-    "offer",
-    "click",
-    "unsubscribe",
-    "million",
-    "dollars",
-    "bank",
-    "transfer",
-    "urgent",
-    "casino",
-    "bonus",
-    "discount",
-    "pharmacy",
-    "guaranteed",
-]
-HAM_WORDS = [
-    "meeting",
-    "agenda",
-    "project",
-    "review",
-    "patch",
-    "commit",
-    "release",
-    "notes",
-    "kernel",
-    "build",
-    "thanks",
-    "tomorrow",
-    "lunch",
-    "schedule",
-    "minutes",
-    "draft",
-    "report",
-    "question",
-    "python",
-    "debian",
-    "config",
-]
+SPAM_WORDS = (
+    "viagra cheap pills winner lottery prize claim cash free offer click unsubscribe "
+    "million dollars bank transfer urgent casino bonus discount pharmacy guaranteed"
+).split()
+HAM_WORDS = (
+    "meeting agenda project review patch commit release notes kernel build thanks "
+    "tomorrow lunch schedule minutes draft report question python debian config"
+).split()
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "subject", ":", "from", "<", ">", "@"]
 VOCAB += SPAM_WORDS + HAM_WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?-")
 
