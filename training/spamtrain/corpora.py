@@ -25,7 +25,8 @@ RAW_COLUMNS = ("raw", "message", "email")  # a whole RFC 822 message, headers in
 TEXT_COLUMNS = ("text", "body")  # the body alone
 
 _SPAM_VALUES = {"1", "spam", "true", "yes", "junk"}
-_HAM_VALUES = {"0", "ham", "false", "no", "not spam", "not_spam", "not-spam", "non-spam", "legit"}
+_HAM_VALUES = {"0", "ham", "false", "no", "not spam", "not_spam", "not-spam", "non-spam"}
+_HAM_VALUES |= {"legit", "legitimate"}
 # Enough to say "this is UTF-8 text" so email_to_text decodes a text-only row; the
 # headers it reads (Subject, From) stay empty, so the model sees the body alone.
 _TEXT_HEADERS = b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
@@ -170,7 +171,7 @@ def _json_object(text: str, path: Path, where: str) -> Any:
 def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
     # A whole message is one field, often far beyond csv's default 128 KiB limit.
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", newline="") as stream:
+    with path.open(encoding="utf-8-sig", newline="") as stream:  # -sig: Excel's BOM
         yield from csv.DictReader(stream)
 
 
