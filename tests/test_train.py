@@ -1,0 +1,177 @@
+"""training/train.py end to end: real accelerate launches, real model directories read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from spamfilter.classifier import Classifier
+from spamfilter.modeldir import read_card
+from support import make_message
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+def launch(
+    accelerate_config: str, *args: str, extra_launch: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file configs/accelerate/<config> training/train.py args``."""
+    command = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / accelerate_config),
+        *extra_launch,
+        str(ROOT / "training" / "train.py"),
+        *args,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=500, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def small_run(model: Path, corpus: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(model), "--data", str(corpus), "--output_dir", str(output),
+        "--max_length", "64", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", *extra,
+    ]  # fmt: skip
+
+
+def test_single_process_writes_a_servable_model_directory(
+    tiny_base_model, synthetic_corpus, tmp_path
+):
+    output = tmp_path / "model"
+    result = launch(
+        "cpu.yaml", *small_run(tiny_base_model, synthetic_corpus, output, "--num_train_epochs", "3")
+    )
+    assert "1 process(es)" in result.stderr
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "spamfilter.json"):
+        assert (output / name).is_file(), name
+    card = read_card(output)
+    assert card.max_length == 64
+    assert 0 < card.thresholds.tag < 1
+    assert card.calibration["split"] == "validation" and card.calibration["target_fpr"] == 0.001
+    assert set(card.metrics) == {"validation", "test"}
+    assert card.metrics["test"]["roc_auc"] > 0.9
+    assert card.training["config"]["data"] == str(synthetic_corpus)
+    assert len(card.training["data_fingerprint"]) >= 8
+    assert card.training["train_samples_per_second"] > 0
+    # The filter's classifier and a plain transformers pipeline both serve it.
+    scores = Classifier(output).score_raw([make_message(1, 500), make_message(0, 500)])
+    assert scores[0] > scores[1]
+    from transformers import pipeline
+
+    assert pipeline("text-classification", model=str(output))("cheap pills")[0]["label"] in (
+        "spam",
+        "ham",
+    )
+    steps = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+
+
+def test_two_process_ddp_over_gloo(tiny_base_model, synthetic_corpus, tmp_path):
+    output = tmp_path / "ddp"
+    result = launch(
+        "cpu_ddp.yaml", *small_run(tiny_base_model, synthetic_corpus, output, "--max_steps", "6")
+    )
+    checksums = dict(re.findall(r"rank (\d)/2 parameter checksum (\S+)", result.stderr))
+    assert set(checksums) == {"0", "1"}, result.stderr[-3000:]
+    assert checksums["0"] == checksums["1"]
+    card = read_card(output)
+    assert card.training["world_size"] == 2
+    # Evaluation gathered both ranks' shares without duplicates: every message counted once.
+    test_size = card.metrics["test"]["n"]
+    assert test_size == json.loads((output / "spamfilter.json").read_text())["metrics"]["test"]["n"]
+    assert test_size > 0
+
+
+def test_resume_mid_epoch_reaches_the_same_weights(tiny_base_model, synthetic_corpus, tmp_path):
+    common = ("--max_steps", "6", "--checkpointing_steps", "3")
+    common += ("--per_device_train_batch_size", "4")
+    straight = tmp_path / "straight"
+    launch(
+        "cpu.yaml",
+        *small_run(tiny_base_model, synthetic_corpus, straight, *common),
+        extra_launch=("--mixed_precision", "no"),
+    )
+    progress = json.loads((straight / "checkpoints" / "step-3" / "progress.json").read_text())
+    assert progress == {"completed_steps": 3, "epoch": 0, "batches_in_epoch": 3}  # mid-epoch
+    resumed = tmp_path / "resumed"
+    launch(
+        "cpu.yaml",
+        *small_run(tiny_base_model, synthetic_corpus, resumed, *common),
+        "--resume_from_checkpoint", str(straight / "checkpoints" / "step-3"),
+        extra_launch=("--mixed_precision", "no"),
+    )  # fmt: skip
+    first = load_file(straight / "model.safetensors")
+    second = load_file(resumed / "model.safetensors")
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=0, atol=0, msg=name)
+    log = (resumed / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [4, 5, 6]
+
+
+def test_latest_checkpoint_and_tensorboard(tiny_base_model, synthetic_corpus, tmp_path):
+    output = tmp_path / "tb"
+    args = small_run(tiny_base_model, synthetic_corpus, output, "--max_steps", "2")
+    launch("cpu.yaml", *args, "--report_to", "tensorboard", "--logging_steps", "1")
+    assert list(output.rglob("events.out.tfevents.*"))
+    assert (output / "checkpoints" / "step-2" / "progress.json").is_file()
+    result = launch(
+        "cpu.yaml", *args, "--resume_from_checkpoint", str(output / "checkpoints" / "latest")
+    )
+    assert "resumed from" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--no_such_flag", "1"], "unknown key 'no_such_flag'"),
+        (["--max_length", "lots"], "bad value for 'max_length'"),
+        (["--target_fpr", "2"], "target_fpr must lie strictly between 0 and 1"),
+    ],
+)
+def test_bad_settings_stop_with_a_message_naming_the_key(args, message):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_unknown_key_in_a_recipe_names_key_and_file(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("learning_rate: 1e-4\nlearnig_rate: 2e-4\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "training" / "train.py"), "--config", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{recipe}: unknown key 'learnig_rate'" in result.stderr
+
+
+def test_every_shipped_train_recipe_loads():
+    from spamfilter.settings import load
+    from spamtrain.config import TrainConfig
+
+    recipes = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert isinstance(load(TrainConfig, recipe), TrainConfig)

@@ -1,0 +1,54 @@
+"""Write the model directory the filter serves (DESIGN §5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
+
+from spamfilter import evaluation
+from spamfilter.modeldir import ModelCard, Thresholds, write_card
+from spamtrain.config import TrainConfig
+
+
+def calibrate(labels: list[int], scores: list[float], config: TrainConfig) -> Thresholds:
+    """Tag (and optionally reject) thresholds that meet the target FPRs on these scores."""
+    reject = (
+        evaluation.threshold_for_fpr(labels, scores, config.reject_fpr)
+        if config.reject_fpr is not None
+        else None
+    )
+    tag = evaluation.threshold_for_fpr(labels, scores, config.target_fpr)
+    return Thresholds(tag=tag, reject=max(reject, tag) if reject is not None else None)
+
+
+def save_model_directory(
+    accelerator: Accelerator,
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig,
+    card_fields: dict,
+) -> Path:
+    """Weights (gathered from every rank, ZeRO-3 included), tokenizer and spamfilter.json.
+
+    ``get_state_dict`` must run on every rank: under ZeRO-3 it is a collective gather.
+    """
+    directory = Path(config.output_dir)
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(
+            directory, state_dict=state_dict, save_function=accelerator.save
+        )
+        tokenizer.save_pretrained(directory)
+        card = ModelCard(
+            max_length=config.max_length,
+            tail_tokens=config.tail_tokens,
+            base_model=config.model_name_or_path,
+            training={"config": dataclasses.asdict(config), **card_fields.pop("training", {})},
+            **card_fields,
+        )
+        write_card(directory, card)
+    accelerator.wait_for_everyone()
+    return directory
