@@ -110,6 +110,14 @@ def test_eight_bit_garbage_and_nul_bytes():
     raw = b"Subject: \xff\xfe\x00bad\nFrom: \x80\x81@\xc3\n\n" + bytes(range(256)) * 40
     text = email_to_text(raw)
     assert isinstance(text, str) and "\x00" not in text
+    text.encode("utf-8")  # no lone surrogates: tokenizers reject them
+
+
+def test_raw_eight_bit_headers_are_decoded_not_escaped():
+    text = email_to_text("Subject: Grüße\nFrom: Jürgen <j@example.de>\n\nx".encode())
+    assert text.startswith("Subject: Grüße\nFrom: Jürgen <j@example.de>")
+    latin = email_to_text("Subject: café\n\nx".encode("latin-1"))
+    assert latin.startswith("Subject: café")
 
 
 def test_nested_rfc822_message_is_read_and_attachments_listed():

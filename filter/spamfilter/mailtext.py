@@ -66,10 +66,12 @@ def email_to_text(raw: bytes) -> str:
 
 def _header(message: Message, name: str) -> str:
     try:
-        value = message.get(name)
+        value = str(message.get(name) or "")
     except Exception:  # a malformed header can break the policy's parser
         value = _raw_header(message, name)
-    return _CONTROL.sub(" ", str(value or ""))[:MAX_HEADER_CHARS]
+    if "\ufffd" in value:  # undeclared 8-bit bytes: decode them as undeclared body text is
+        value = _without_surrogates(_raw_header(message, name))
+    return _CONTROL.sub(" ", value)[:MAX_HEADER_CHARS]
 
 
 def _subject(message: Message) -> str:
@@ -84,7 +86,7 @@ def _subject(message: Message) -> str:
 def _raw_header(message: Message, name: str) -> str:
     for key, value in message.raw_items():
         if key.lower() == name.lower():
-            return str(value)
+            return " ".join(str(value).split())
     return ""
 
 
@@ -198,11 +200,29 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
 
 
 def _clean(text: str) -> str:
+    text = _without_surrogates(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub(" ", text)
     text = _WHITESPACE_RUN.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _without_surrogates(text: str) -> str:
+    """Undo the ``surrogateescape`` the email package uses for raw 8-bit header bytes.
+
+    Such lone surrogates are not valid text: tokenizers reject them. The bytes they stand
+    for are decoded like any undeclared text (UTF-8, else cp1252).
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return decode_bytes(text.encode("utf-8", "surrogateescape"), None)
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class _HTMLText(html.parser.HTMLParser):
