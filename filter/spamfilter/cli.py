@@ -1,0 +1,365 @@
+"""The ``spamfilter`` command: one function per subcommand, each a few calls deep.
+
+Torch, the training data layer and the daemon are imported by the commands that need
+them, so ``threshold show`` and ``threshold set`` answer at once and the filter image
+runs without the ``train`` extra. Errors print one line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import yaml
+
+from spamfilter.modeldir import CARD_FILE, ModelDirError, read_card, write_card
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from spamfilter.classifier import Classifier
+
+EXIT_ERROR = 2
+
+# The keys of the card's flat ``calibration`` dict (as training writes it) that say which
+# false-positive rate each threshold was tuned for.
+FPR_KEYS = {"tag": "target_fpr", "reject": "reject_fpr", "quarantine": "quarantine_fpr"}
+THRESHOLD_NAMES = tuple(FPR_KEYS)
+# classifier.Precision's values, spelled out so building the parser does not import torch.
+PRECISIONS = ("fp32", "bf16", "int8")
+DESCRIPTION = """Score mail with a BERT model directory, manage its thresholds, evaluate it.
+
+examples:
+  spamfilter classify --model runs/x message.eml [more.eml | -] [--json]
+  spamfilter threshold show --model runs/x
+  spamfilter threshold set 0.85 --model runs/x [--which tag|reject|quarantine]
+  spamfilter threshold tune --model runs/x --data SOURCE --target-fpr 0.001 [--dry-run]
+  spamfilter eval --model runs/x --data SOURCE --split test --out reports/x
+  spamfilter serve --model runs/x ...   (spamfilter serve --help)"""
+RELOAD_HINT = "a running 'spamfilter serve' picks this up on SIGHUP: kill -HUP <pid>"
+
+
+class CLIError(RuntimeError):
+    """A usage or data problem to report in one line, without a traceback."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Show each flag's default (those that have one) and keep the examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if default is None or default is argparse.SUPPRESS or isinstance(default, bool):
+            return action.help or ""
+        return f"{action.help} (default: %(default)s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (CLIError, ModelDirError) as error:
+        print(f"spamfilter: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spamfilter", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    add_classify_parser(commands)
+    add_threshold_parser(commands)
+    add_eval_parser(commands)
+    # Listed for --help only: main() hands "serve" to serve(), which builds its own parser.
+    commands.add_parser("serve", help="run the SMTP content filter (spamfilter serve --help)")
+    return parser
+
+
+# --- argument groups shared by several commands ---------------------------------------
+
+
+def probability(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (thresholds, target FPRs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, not {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, scoring: bool) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model directory")
+    if scoring:
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="fp32",
+            help="fp32, bf16 autocast or int8 dynamic quantization",
+        )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+    parser.add_argument(
+        "--data", required=True, help="labelled source, as training's --data takes it"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("validation", "test", "all"),
+        default=split,
+        help="which part of the source to use (all: every message, unsplit)",
+    )
+    parser.add_argument(
+        "--scheme",
+        choices=("hash", "temporal"),
+        default="hash",
+        help="how the source is split: the fixed MD5 split, or earlier vs later collections",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="messages per forward pass")
+
+
+# --- classify -----------------------------------------------------------------------------
+
+
+def add_classify_parser(commands) -> None:
+    parser = commands.add_parser(
+        "classify",
+        help="score messages",
+        formatter_class=HelpFormatter,
+        description="Print 'file<TAB>P(spam)<TAB>spam|ham' per message (spam: at or above tag).",
+    )
+    add_model_arguments(parser, scoring=True)
+    parser.add_argument("messages", nargs="+", help="raw RFC 822 files; '-' reads one from stdin")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.set_defaults(command=classify)
+
+
+def classify(args: argparse.Namespace) -> int:
+    from spamfilter.classifier import Classifier
+
+    classifier = Classifier(args.model, precision=args.precision)
+    names, raws = read_messages(args.messages)
+    scores = classifier.score_raw(raws) if raws else []
+    tag = classifier.card.thresholds.tag
+    for name, score in zip(names, scores, strict=True):
+        verdict = "spam" if score >= tag else "ham"
+        if args.json:
+            print(json.dumps({"file": name, "score": score, "verdict": verdict}))
+        else:
+            print(f"{name}\t{score:.4f}\t{verdict}")
+    return EXIT_ERROR if len(names) < len(args.messages) else 0
+
+
+def read_messages(paths: list[str]) -> tuple[list[str], list[bytes]]:
+    """The readable messages' names and bytes; each unreadable one is reported on stderr."""
+    names, raws = [], []
+    for path in paths:
+        try:
+            raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        except OSError as error:
+            print(f"spamfilter: error: cannot read {path}: {error.strerror}", file=sys.stderr)
+            continue
+        names.append(path)
+        raws.append(raw)
+    return names, raws
+
+
+# --- threshold show | set | tune ---------------------------------------------------------
+
+
+def add_threshold_parser(commands) -> None:
+    threshold = commands.add_parser("threshold", help="show, set or tune the model's thresholds")
+    actions = threshold.add_subparsers(title="actions", required=True, metavar="ACTION")
+
+    show = actions.add_parser(
+        "show",
+        help="thresholds, how they were chosen, recorded metrics",
+        formatter_class=HelpFormatter,
+    )
+    add_model_arguments(show, scoring=False)
+    show.set_defaults(command=show_thresholds)
+
+    set_ = actions.add_parser(
+        "set", help=f"set a threshold by hand (writes {CARD_FILE})", formatter_class=HelpFormatter
+    )
+    set_.add_argument("value", type=probability, help="the new threshold on P(spam), 0 < t < 1")
+    add_model_arguments(set_, scoring=False)
+    set_.add_argument("--which", choices=THRESHOLD_NAMES, default="tag", help="which threshold")
+    set_.set_defaults(command=set_threshold)
+
+    tune = actions.add_parser(
+        "tune",
+        help="choose a threshold for a target false-positive rate on labelled mail",
+        formatter_class=HelpFormatter,
+    )
+    add_model_arguments(tune, scoring=True)
+    add_data_arguments(tune, split="validation")
+    tune.add_argument(
+        "--target-fpr",
+        type=probability,
+        default=0.001,
+        help="highest share of ham allowed at or above the threshold",
+    )
+    tune.add_argument("--which", choices=THRESHOLD_NAMES, default="tag", help="which threshold")
+    tune.add_argument("--dry-run", action="store_true", help=f"print only; leave {CARD_FILE} as is")
+    tune.set_defaults(command=tune_threshold)
+
+
+def show_thresholds(args: argparse.Namespace) -> int:
+    card = read_card(args.model)
+    shown = {
+        "model": str(args.model),
+        "thresholds": {name: getattr(card.thresholds, name) for name in THRESHOLD_NAMES},
+        "calibration": card.calibration or "not recorded",
+        "metrics": card.metrics or "not recorded",
+    }
+    print(yaml.safe_dump(shown, sort_keys=False).rstrip())
+    return 0
+
+
+def set_threshold(args: argparse.Namespace) -> int:
+    card = read_card(args.model)
+    setattr(card.thresholds, args.which, args.value)
+    card.calibration.pop(FPR_KEYS[args.which], None)  # no longer how this threshold was chosen
+    card.calibration[f"{args.which}_set_by_hand_at"] = now()
+    write_card(args.model, card)
+    print(f"{args.which} threshold set to {args.value} in {args.model / CARD_FILE}")
+    print(RELOAD_HINT)
+    return 0
+
+
+def tune_threshold(args: argparse.Namespace) -> int:
+    from spamfilter import evaluation
+    from spamfilter.report import SWEEP_COLUMNS, markdown_table
+
+    classifier, _, labels, scores = score_labelled(args)
+    try:
+        value = evaluation.threshold_for_fpr(labels, scores, args.target_fpr)
+    except ValueError as error:
+        raise CLIError(f"{args.data} ({args.split} split): {error}") from None
+    chosen = {**evaluation.at_threshold(labels, scores, value), "chosen": "<-"}
+    rows = rows_around(evaluation.sweep(labels, scores, points=50), chosen)
+    print(markdown_table(rows, (*SWEEP_COLUMNS, "chosen")))
+    n_ham, n_spam = int((labels == 0).sum()), int((labels == 1).sum())
+    print(
+        f"\n{args.which} threshold {value:.6g}: FPR {chosen['fpr']:.4%} ({chosen['fp']} of "
+        f"{n_ham} ham), recall {chosen['recall']:.2%} ({chosen['tp']} of {n_spam} spam)"
+    )
+    if args.target_fpr * n_ham < 1:
+        print(
+            f"note: {n_ham} ham cannot measure an FPR of {args.target_fpr:g}: "
+            "the threshold lets no ham through on this data"
+        )
+    if args.dry_run:
+        print(f"dry run: {CARD_FILE} unchanged")
+        return 0
+    card = classifier.card
+    setattr(card.thresholds, args.which, value)
+    card.calibration.pop(f"{args.which}_set_by_hand_at", None)
+    card.calibration |= {
+        FPR_KEYS[args.which]: args.target_fpr,
+        "split": args.split,
+        "scheme": args.scheme,
+        "source": args.data,
+        "n_ham": n_ham,
+        "n_spam": n_spam,
+        "precision": args.precision,
+        "chosen_at": now(),
+    }
+    write_card(args.model, card)
+    print(f"written to {args.model / CARD_FILE}; {RELOAD_HINT}")
+    return 0
+
+
+def rows_around(rows: list[dict], chosen: dict, each_side: int = 4) -> list[dict]:
+    """``chosen`` among the sweep ``rows``, with ``each_side`` neighbours below and above it."""
+    below = [row for row in rows if row["threshold"] < chosen["threshold"]][-each_side:]
+    above = [row for row in rows if row["threshold"] > chosen["threshold"]][:each_side]
+    return [*below, chosen, *above]
+
+
+def score_labelled(args: argparse.Namespace) -> tuple[Classifier, Dataset, np.ndarray, np.ndarray]:
+    """Score the chosen split of ``args.data`` with ``args.model``.
+
+    Returns the classifier, the dataset's rows, their labels and their scores.
+    """
+    from spamfilter.classifier import Classifier
+    from spamfilter.labelled import DataError, load_labelled, score_dataset
+
+    try:
+        dataset = load_labelled(args.data, args.split, args.scheme)
+    except DataError as error:
+        raise CLIError(str(error)) from None
+    if len(dataset) == 0:
+        raise CLIError(f"{args.data}: the {args.split} split holds no messages")
+    classifier = Classifier(args.model, precision=args.precision)
+    scores = score_dataset(classifier, dataset, args.batch_size)
+    return classifier, dataset, np.asarray(dataset["label"]), scores
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- eval ---------------------------------------------------------------------------------
+
+
+def add_eval_parser(commands) -> None:
+    parser = commands.add_parser(
+        "eval",
+        help="write an evaluation report (metrics.json, plots, report.md)",
+        formatter_class=HelpFormatter,
+    )
+    add_model_arguments(parser, scoring=True)
+    add_data_arguments(parser, split="test")
+    parser.add_argument("--out", required=True, type=Path, help="report directory (created)")
+    parser.set_defaults(command=evaluate)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from spamfilter.report import Scored, write_report
+
+    classifier, dataset, labels, scores = score_labelled(args)
+    context = {
+        "model": classifier.model_id,
+        "model_dir": str(args.model),
+        "source": args.data,
+        "split": args.split,
+        "scheme": args.scheme,
+        "precision": args.precision,
+        "evaluated_at": now(),
+    }
+    model = Scored(classifier.model_id, labels, scores)
+    metrics = write_report(args.out, model, dataset, classifier.card.thresholds, context)
+    summary = metrics["summary"]
+    print(
+        f"{args.out / 'report.md'}: {metrics['n']} messages, ROC-AUC {summary['roc_auc']:.4f}, "
+        f"at tag {summary['threshold']:.4g}: FPR {summary['fpr']:.4%}, "
+        f"recall {summary['recall']:.2%}"
+    )
+    return 0
+
+
+# --- serve --------------------------------------------------------------------------------
+
+
+def serve(argv: list[str]) -> int:
+    """``spamfilter serve``: the daemon's own module defines and runs its flags."""
+    from spamfilter.server import add_serve_arguments, run_serve
+
+    parser = argparse.ArgumentParser(
+        prog="spamfilter serve",
+        description="Run the SMTP content filter.",
+        formatter_class=HelpFormatter,
+    )
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
