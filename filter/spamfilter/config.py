@@ -1,0 +1,156 @@
+"""FilterConfig: every setting of the SMTP filter daemon, with its one default.
+
+Loaded with ``spamfilter.settings.load(FilterConfig, yaml_path, overrides)``; the command
+line flags of ``spamfilter serve`` are derived from these fields (``server.py``), and
+``configs/filter/filter.yaml`` lists every key with its default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from spamfilter.classifier import Precision
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """``'127.0.0.1:10025'`` or ``'[::1]:10025'`` -> (host, port); ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class FilterConfig:
+    """The daemon's settings. Thresholds left empty come from the model's spamfilter.json."""
+
+    model: str = field(default="", metadata=_help("model directory written by training"))
+    listen: str = field(
+        default="127.0.0.1:10025", metadata=_help("host:port the filter accepts SMTP on")
+    )
+    relay: str = field(
+        default="127.0.0.1:10026", metadata=_help("host:port of the next hop mail goes to")
+    )
+    allowed_networks: list[str] = field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        metadata=_help("client networks allowed to connect (comma-separated CIDRs); others: 554"),
+    )
+    hostname: str = field(
+        default="", metadata=_help("name in the SMTP greeting; empty: this host's name")
+    )
+    tag_threshold: float | None = field(
+        default=None, metadata=_help("score at or above which mail is tagged; empty: model's")
+    )
+    quarantine_threshold: float | None = field(
+        default=None,
+        metadata=_help("score at or above which mail goes to quarantine_dir; empty: model's"),
+    )
+    reject_threshold: float | None = field(
+        default=None, metadata=_help("score at or above which mail is refused; empty: model's")
+    )
+    reject: bool = field(
+        default=False,
+        metadata=_help(
+            "answer 550 5.7.1 at the reject threshold; only for before-queue set-ups "
+            "(after the queue a 550 makes the MTA bounce to a possibly forged sender)"
+        ),
+    )
+    quarantine_dir: str = field(
+        default="",
+        metadata=_help("Maildir for quarantined mail (needed with a quarantine threshold)"),
+    )
+    subject_tag: str = field(
+        default="", metadata=_help("text put before the Subject of tagged mail, e.g. '[SPAM] '")
+    )
+    on_score_error: Literal["pass", "tempfail"] = field(
+        default="pass",
+        metadata=_help(
+            "when scoring fails: pass (relay with X-Spam-Status: unknown) or tempfail (451)"
+        ),
+    )
+    precision: Precision = field(
+        default="fp32",
+        metadata=_help("model arithmetic: fp32, bf16 or int8 (dynamic quantization)"),
+    )
+    threads: int = field(default=0, metadata=_help("torch CPU threads; 0: torch's default"))
+    batch_size: int = field(default=8, metadata=_help("most messages scored in one model call"))
+    batch_wait_ms: float = field(
+        default=5.0, metadata=_help("longest wait (ms) for a batch to fill before scoring it")
+    )
+    queue_size: int = field(
+        default=256, metadata=_help("messages waiting for the model before new ones get 451")
+    )
+    score_timeout: float = field(
+        default=30.0,
+        metadata=_help("seconds a message may wait for its score (then on_score_error)"),
+    )
+    relay_timeout: float = field(
+        default=120.0, metadata=_help("seconds for each next-hop step; the DATA step in total")
+    )
+    session_timeout: float = field(
+        default=300.0, metadata=_help("seconds a client may stay silent before it is disconnected")
+    )
+    max_message_size: int = field(
+        default=52_428_800, metadata=_help("largest message in bytes (SIZE); larger: 552")
+    )
+    max_recipients: int = field(
+        default=1000, metadata=_help("recipients per message; more: 452 4.5.3")
+    )
+    max_connections: int = field(
+        default=100, metadata=_help("concurrent client connections; more: 421 4.3.2")
+    )
+    max_messages_per_session: int = field(
+        default=1000, metadata=_help("messages per connection; then 421 and disconnect")
+    )
+    drain_timeout: float = field(
+        default=30.0, metadata=_help("seconds SIGTERM waits for messages in flight")
+    )
+    metrics_listen: str = field(
+        default="127.0.0.1:9469",
+        metadata=_help("host:port for Prometheus /metrics and /healthz; empty: off"),
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
+        default="INFO", metadata=_help("log level of the spamfilter loggers")
+    )
+
+    def validate(self) -> list[str]:
+        """Every problem with these settings (empty when usable)."""
+        problems = []
+        if not self.model:
+            problems.append("'model' is required: the model directory to serve")
+        addresses = [("listen", self.listen), ("relay", self.relay)]
+        if self.metrics_listen:
+            addresses.append(("metrics_listen", self.metrics_listen))
+        for name, value in addresses:
+            try:
+                parse_hostport(value)
+            except ValueError as error:
+                problems.append(f"'{name}': {error}")
+        for network in self.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                problems.append(f"'allowed_networks': {network!r} is not a network")
+        for name in ("tag_threshold", "quarantine_threshold", "reject_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                problems.append(f"'{name}' must lie strictly between 0 and 1, not {value}")
+        counts = ("batch_size", "queue_size", "max_message_size", "max_recipients")
+        for name in (*counts, "max_connections", "max_messages_per_session"):
+            if getattr(self, name) < 1:
+                problems.append(f"'{name}' must be at least 1")
+        if not self.subject_tag.isascii():
+            problems.append("'subject_tag' must be ASCII (it goes into the raw Subject header)")
+        if self.session_timeout <= self.score_timeout + self.relay_timeout:
+            # aiosmtpd's idle timer keeps running while DATA is scored and relayed.
+            problems.append(
+                "'session_timeout' must exceed score_timeout + relay_timeout, or a client "
+                "could be cut off while its message is being relayed"
+            )
+        return problems

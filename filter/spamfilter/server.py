@@ -1,0 +1,313 @@
+"""The filter daemon: start-up, serving, SIGHUP reload, SIGTERM drain; ``spamfilter serve``.
+
+    spamfilter serve --model runs/x --listen 127.0.0.1:10025 --relay 127.0.0.1:10026 \
+        [--config configs/filter/filter.yaml]
+
+Phases (each a method of ``FilterDaemon``):
+1. ``setup``: settings, model and policy. Any problem raises here, before a port opens:
+   an MTA must never hand mail to a filter that cannot score it.
+2. ``start``: the micro-batcher, the SMTP listener, the metrics/health endpoint.
+3. ``serve``: until SIGTERM/SIGINT; SIGHUP calls ``reload`` (thresholds from the model's
+   spamfilter.json and the config file; a bad new config is logged and the old kept).
+4. ``drain``: stop listening, refuse new transactions, close idle sessions with 421, let
+   sessions in a transaction finish for up to ``drain_timeout`` seconds, then cut the rest
+   (they were not answered 250, so their MTAs still hold the mail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import logging.config
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from spamfilter import settings
+from spamfilter.batcher import MicroBatcher
+from spamfilter.classifier import Classifier, Scorer
+from spamfilter.config import FilterConfig, parse_hostport
+from spamfilter.handler import FilterHandler, Rules
+from spamfilter.metrics import FilterMetrics, serve_http
+from spamfilter.modeldir import ModelDirError, model_id, read_card
+from spamfilter.policy import Policy
+from spamfilter.relay import SmtpConnector
+from spamfilter.session import FilterSMTP, Gate
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "SPAMFILTER_"
+# Settings bound at start-up (sockets, the loaded model, the scoring thread).
+RESTART_ONLY = ("model", "listen", "metrics_listen", "precision", "threads", "queue_size")
+SHUTDOWN_REPLY = "421 4.3.2 The filter is shutting down, try again later"
+
+
+class FilterDaemon:
+    def __init__(self, config: FilterConfig, load_config: Callable[[], FilterConfig]) -> None:
+        self.config = config
+        self._load_config = load_config
+        self.metrics = FilterMetrics()
+        self._stop = asyncio.Event()
+        self.started = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+
+    # 1. set-up ---------------------------------------------------------------------------
+    def setup(self, scorer: Scorer | None = None) -> None:
+        """Load the model and build the rules; raises ModelDirError/ValueError if unusable.
+
+        ``scorer`` replaces the model directory's classifier (fault-injection tests).
+        """
+        config = self.config
+        self.scorer = scorer or Classifier(
+            config.model, precision=config.precision, threads=config.threads or None
+        )
+        self.model_id = model_id(config.model)
+        self.rules = build_rules(config, self.model_id)
+        self.gate = Gate(config.allowed_networks, config.max_connections, self.metrics)
+
+    # 2. start ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.config
+        self.batcher = MicroBatcher(
+            self.scorer.score_raw,
+            max_batch=config.batch_size,
+            max_wait=config.batch_wait_ms / 1000,
+            queue_size=config.queue_size,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.batcher.start()
+        self.handler = FilterHandler(self.rules, self.batcher, _connector(config), self.metrics)
+        host, port = parse_hostport(config.listen)
+        smtp = await asyncio.get_running_loop().create_server(self._protocol, host, port)
+        self._servers.append(smtp)
+        self.smtp_address = smtp.sockets[0].getsockname()[:2]
+        if config.metrics_listen:
+            host, port = parse_hostport(config.metrics_listen)
+            http = await serve_http(self.metrics, self._healthy, host, port)
+            self._servers.append(http)
+            self.metrics_address = http.sockets[0].getsockname()[:2]
+        log.info(
+            "serving %s on %s:%d, relaying to %s, tag=%g, metrics on %s",
+            self.model_id,
+            *self.smtp_address,
+            config.relay,
+            self.rules.policy.tag,
+            config.metrics_listen or "(off)",
+        )
+
+    def _protocol(self) -> FilterSMTP:
+        config = self.config
+        messages = config.max_messages_per_session
+        return FilterSMTP(
+            self.handler,
+            self.gate,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,  # keep the bytes as sent
+            hostname=config.hostname or socket.gethostname(),
+            timeout=config.session_timeout,
+            command_call_limit={
+                "MAIL": messages,
+                "DATA": messages,
+                "RCPT": messages * config.max_recipients,
+                "*": 2 * messages + 100,  # RSET, NOOP, EHLO... (MTAs RSET between messages)
+            },
+            loop=asyncio.get_running_loop(),
+        )
+
+    def _healthy(self) -> bool:
+        return self.handler.accepting and self.batcher.running
+
+    # 3. serve ----------------------------------------------------------------------------
+    async def serve(self, handle_signals: bool = True) -> None:
+        """Start, serve until SIGTERM/SIGINT (or ``stop``), then drain and clean up.
+
+        Signal handlers need the main thread; tests serving from another thread pass
+        ``handle_signals=False`` and call ``stop``/``reload`` through the loop instead.
+        """
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ()
+        try:
+            await self.start()
+            for signum in signals:
+                loop.add_signal_handler(
+                    signum, self.reload if signum == signal.SIGHUP else self.stop
+                )
+            self.started.set()
+            await self._stop.wait()
+            log.info("stopping: draining sessions for up to %g s", self.config.drain_timeout)
+            await self.drain()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            await self.close()
+
+    def reload(self) -> None:
+        """SIGHUP: new thresholds and settings; on any error keep the old ones."""
+        try:
+            config = self._load_config()
+            kept = {name: getattr(self.config, name) for name in RESTART_ONLY}
+            changed = [name for name, value in kept.items() if getattr(config, name) != value]
+            if changed:
+                log.warning("reload: %s only change on restart; kept", ", ".join(changed))
+            config = dataclasses.replace(config, **kept)
+            if model_id(config.model) != self.model_id:
+                raise ModelDirError(f"{config.model}: the weights changed; restart to load them")
+            rules = build_rules(config, self.model_id)
+        except (settings.ConfigError, ModelDirError, ValueError, OSError) as error:
+            self.metrics.reloads.labels("error").inc()
+            log.error("reload failed, keeping the running config: %s", error)
+            return
+        self.config = config
+        self.rules = self.handler.rules = rules
+        self.handler.connector = _connector(config)
+        self.gate.configure(config.allowed_networks, config.max_connections)
+        self.metrics.reloads.labels("ok").inc()
+        log.info(
+            "reloaded: tag=%g quarantine=%s reject=%s",
+            rules.policy.tag,
+            rules.policy.quarantine,
+            rules.policy.reject,
+        )
+
+    # 4. drain ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask ``serve`` to drain and return (what SIGTERM does)."""
+        self._stop.set()
+
+    async def drain(self) -> None:
+        self.handler.accepting = False
+        for server in self._servers[:1]:  # the SMTP listener; metrics stay up while draining
+            server.close()
+        deadline = asyncio.get_running_loop().time() + self.config.drain_timeout
+        while self.gate.live and asyncio.get_running_loop().time() < deadline:
+            for protocol in list(self.gate.live):
+                if not protocol.in_transaction:
+                    protocol.close_with(SHUTDOWN_REPLY)
+            await asyncio.sleep(0.05)
+        for protocol in list(self.gate.live):
+            log.warning("drain timeout: cutting a session in a transaction (not answered 250)")
+            protocol.close_with(SHUTDOWN_REPLY)
+        await asyncio.sleep(0)  # let connection_lost run
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        if hasattr(self, "batcher"):
+            await self.batcher.aclose()
+
+
+def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
+    """The rules from ``config`` and the model directory's current spamfilter.json."""
+    card = read_card(config.model)
+    return Rules(
+        policy=Policy.build(config, card, loaded_model_id),
+        quarantine_dir=config.quarantine_dir,
+        score_timeout=config.score_timeout,
+        max_recipients=config.max_recipients,
+    )
+
+
+def _connector(config: FilterConfig) -> SmtpConnector:
+    host, port = parse_hostport(config.relay)
+    helo = config.hostname or socket.gethostname()
+    return SmtpConnector(host, port, config.relay_timeout, helo)
+
+
+# The command line --------------------------------------------------------------------------
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per FilterConfig field, each also read from SPAMFILTER_<NAME>."""
+    parser.add_argument(
+        "--config",
+        metavar="YAML",
+        help=f"settings file (e.g. configs/filter/filter.yaml); env {ENV_PREFIX}CONFIG",
+    )
+    docs = settings.field_docs(FilterConfig)
+    for field in dataclasses.fields(FilterConfig):
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        if isinstance(default, list):
+            default = ",".join(default)
+        help_text = f"{docs[field.name]} (default: {default!r}; env {_env_name(field.name)})"
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                flag, dest=field.name, metavar=field.name.upper(), default=None, help=help_text
+            )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``spamfilter serve``: 0 after a clean stop, 2 when the filter cannot start."""
+    config_path = args.config or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    environment = {
+        field.name: os.environ[_env_name(field.name)]
+        for field in dataclasses.fields(FilterConfig)
+        if _env_name(field.name) in os.environ
+    }
+    flags = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(FilterConfig)
+        if getattr(args, field.name, None) is not None
+    }
+
+    def load() -> FilterConfig:
+        sources: list[tuple[str, dict[str, Any]]] = []
+        if config_path:
+            sources.append((config_path, settings.read_yaml(config_path)))
+        sources += [("environment", environment), ("command line", flags)]
+        return settings.build(FilterConfig, sources)
+
+    try:
+        config = load()
+        configure_logging(config.log_level)
+        daemon = FilterDaemon(config, load)
+        daemon.setup()
+        asyncio.run(daemon.serve())
+    except (settings.ConfigError, ModelDirError, ValueError, OSError) as error:
+        print(f"spamfilter serve: cannot start: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+            "loggers": {
+                "spamfilter": {"level": level, "handlers": ["stderr"]},
+                # aiosmtpd logs every command at INFO; its warnings and errors still show.
+                "mail.log": {"level": "WARNING", "handlers": ["stderr"]},
+            },
+        }
+    )
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="spamfilter serve", description=__doc__.split("\n")[0])
+    add_serve_arguments(parser)
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # until spamfilter.cli wires ``serve``: python -m spamfilter.server
+    sys.exit(main())
