@@ -239,17 +239,45 @@ def set_threshold(args: argparse.Namespace) -> int:
 
 def tune_threshold(args: argparse.Namespace) -> int:
     from spamfilter import evaluation
-    from spamfilter.report import SWEEP_COLUMNS, markdown_table
 
-    classifier, _, labels, scores = score_labelled(args)
+    _, _, labels, scores = score_labelled(args)
     try:
         value = evaluation.threshold_for_fpr(labels, scores, args.target_fpr)
     except ValueError as error:
         raise CLIError(f"{args.data} ({args.split} split): {error}") from None
+    print_tuning(args, labels, scores, value)
+    if args.dry_run:
+        print(f"dry run: {CARD_FILE} unchanged")
+        return 0
+    card = read_card(args.model)  # afresh: it may have changed while we were scoring
+    setattr(card.thresholds, args.which, value)
+    card.calibration.pop(f"{args.which}_set_by_hand_at", None)
+    card.calibration |= {
+        FPR_KEYS[args.which]: args.target_fpr,
+        "split": args.split,
+        "scheme": args.scheme,
+        "source": args.data,
+        "n_ham": int((labels == 0).sum()),
+        "n_spam": int((labels == 1).sum()),
+        "precision": args.precision,
+        "chosen_at": now(),
+    }
+    write_card(args.model, card)
+    print(f"written to {args.model / CARD_FILE}; {RELOAD_HINT}")
+    return 0
+
+
+def print_tuning(
+    args: argparse.Namespace, labels: np.ndarray, scores: np.ndarray, value: float
+) -> None:
+    """The sweep table around the chosen threshold, then what it means in messages."""
+    from spamfilter import evaluation
+    from spamfilter.report import SWEEP_COLUMNS, markdown_table
+
     chosen = {**evaluation.at_threshold(labels, scores, value), "chosen": "<-"}
     rows = rows_around(evaluation.sweep(labels, scores, points=50), chosen)
     print(markdown_table(rows, (*SWEEP_COLUMNS, "chosen")))
-    n_ham, n_spam = int((labels == 0).sum()), int((labels == 1).sum())
+    n_ham, n_spam = chosen["fp"] + chosen["tn"], chosen["tp"] + chosen["fn"]
     print(
         f"\n{args.which} threshold {value:.6g}: FPR {chosen['fpr']:.4%} ({chosen['fp']} of "
         f"{n_ham} ham), recall {chosen['recall']:.2%} ({chosen['tp']} of {n_spam} spam)"
@@ -259,25 +287,6 @@ def tune_threshold(args: argparse.Namespace) -> int:
             f"note: {n_ham} ham cannot measure an FPR of {args.target_fpr:g}: "
             "the threshold lets no ham through on this data"
         )
-    if args.dry_run:
-        print(f"dry run: {CARD_FILE} unchanged")
-        return 0
-    card = classifier.card
-    setattr(card.thresholds, args.which, value)
-    card.calibration.pop(f"{args.which}_set_by_hand_at", None)
-    card.calibration |= {
-        FPR_KEYS[args.which]: args.target_fpr,
-        "split": args.split,
-        "scheme": args.scheme,
-        "source": args.data,
-        "n_ham": n_ham,
-        "n_spam": n_spam,
-        "precision": args.precision,
-        "chosen_at": now(),
-    }
-    write_card(args.model, card)
-    print(f"written to {args.model / CARD_FILE}; {RELOAD_HINT}")
-    return 0
 
 
 def rows_around(rows: list[dict], chosen: dict, each_side: int = 4) -> list[dict]:
