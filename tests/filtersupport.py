@@ -29,6 +29,7 @@ from spamfilter.server import FilterDaemon
 LOCALHOST = "127.0.0.1"
 WAIT = 20.0  # seconds: the most any test waits for a server to start or stop
 ROOT = Path(__file__).resolve().parents[1]
+SPAMFILTER = [sys.executable, "-c", "import sys; from spamfilter.cli import main; sys.exit(main())"]
 
 
 @dataclass
@@ -203,10 +204,10 @@ def our_prefix(content: bytes, original: bytes) -> bytes:
 # The daemon as a real process (signals) ---------------------------------------------------
 @contextmanager
 def daemon_process(args: Sequence[str], env: dict[str, str] | None = None):
-    """``python -m spamfilter.server ARGS``; yields (process, smtp_port) once it listens."""
+    """``spamfilter serve ARGS``; yields (process, smtp port, log lines) once it listens."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "spamfilter.server", *args],
+        [*SPAMFILTER, "serve", *args],
         stderr=subprocess.PIPE,
         text=True,
         env=environment,

@@ -301,13 +301,3 @@ def configure_logging(level: str) -> None:
 
 def _env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="spamfilter serve", description=__doc__.split("\n")[0])
-    add_serve_arguments(parser)
-    return run_serve(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # until spamfilter.cli wires ``serve``: python -m spamfilter.server
-    sys.exit(main())

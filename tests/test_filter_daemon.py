@@ -1,0 +1,163 @@
+"""The daemon as a real process: start-up failures, SIGHUP reload, SIGTERM drain."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+import smtplib
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from filtersupport import (
+    LOCALHOST,
+    ROOT,
+    SPAMFILTER,
+    SinkBehaviour,
+    client,
+    daemon_process,
+    filter_config,
+    send,
+    sink,
+    spam_headers,
+    wait_for,
+)
+
+from spamfilter.modeldir import ModelDirError, read_card, write_card
+from spamfilter.server import FilterDaemon
+from support import make_message
+
+pytestmark = pytest.mark.timeout(120)
+
+SPAM = make_message(1, 3).replace(b"\n", b"\r\n")
+
+
+def test_a_missing_model_stops_start_up_before_any_port_opens(tmp_path):
+    """Settings from the environment too: SPAMFILTER_<NAME>."""
+    environment = {"SPAMFILTER_MODEL": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [*SPAMFILTER, "serve", "--listen", f"{LOCALHOST}:0"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env=environment,
+    )
+    assert done.returncode == 2
+    assert "cannot start" in done.stderr and "model directory not found" in done.stderr
+    assert "serving" not in done.stderr
+
+
+def test_a_corrupt_model_card_fails_set_up(tiny_model_dir, tmp_path):
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (model / "spamfilter.json").write_text("{not json")
+    daemon = FilterDaemon(filter_config(model, 9), lambda: None)
+    with pytest.raises(ModelDirError, match=r"not a valid spamfilter\.json"):
+        daemon.setup()
+
+
+def test_sighup_reloads_thresholds_and_keeps_them_when_the_new_config_is_bad(
+    tiny_model_dir, tmp_path
+):
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = tmp_path / "filter.yaml"
+    config.write_text("subject_tag: ''\n")
+    with sink() as (captured, sink_port):
+        args = [
+            "--model",
+            str(model),
+            "--config",
+            str(config),
+            "--listen",
+            f"{LOCALHOST}:0",
+            "--relay",
+            f"{LOCALHOST}:{sink_port}",
+            "--metrics-listen",
+            "",
+        ]
+        with daemon_process(args) as (process, port, log):
+            send(port, SPAM)
+            card = read_card(model)
+            write_card(
+                model,
+                dataclasses.replace(
+                    card, thresholds=dataclasses.replace(card.thresholds, tag=0.999)
+                ),
+            )
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: any("reloaded: tag=0.999" in line for line in log))
+            send(port, SPAM)
+            config.write_text("subject_tag: ''\nno_such_key: 1\n")
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: any("reload failed" in line for line in log))
+            send(port, SPAM)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+    flags = [spam_headers(d.content)["X-Spam-Flag"] for d in captured.deliveries]
+    assert flags == ["YES", "NO", "NO"]
+    assert "tag=0.999" in spam_headers(captured.deliveries[-1].content)["X-Spam-Status"]
+    assert any("unknown key 'no_such_key'" in line for line in log)
+
+
+def test_sigterm_drains_messages_in_flight_and_loses_none(tiny_model_dir):
+    in_flight = 5
+    with sink(SinkBehaviour(data_delay=1.5)) as (captured, sink_port):
+        args = [
+            "--model",
+            str(tiny_model_dir),
+            "--listen",
+            f"{LOCALHOST}:0",
+            "--metrics-listen",
+            "",
+            "--drain-timeout",
+            "20",
+        ]
+        environment = {"SPAMFILTER_RELAY": f"{LOCALHOST}:{sink_port}"}
+        with (
+            daemon_process(args, environment) as (process, port, log),
+            ThreadPoolExecutor(in_flight) as pool,
+        ):
+            idle = client(port)
+            idle.ehlo()
+            messages = [make_message(1, 100 + n).replace(b"\n", b"\r\n") for n in range(in_flight)]
+            sent = [pool.submit(send, port, raw) for raw in messages]
+            wait_for(lambda: captured.commands.count("DATA") == in_flight)
+            process.send_signal(signal.SIGTERM)
+            wait_for(lambda: told_to_go(idle))  # an idle session is closed at once
+            answers = [future.result(30) for future in sent]
+            assert process.wait(30) == 0
+    assert answers == [{}] * in_flight  # every message in flight was answered 250
+    delivered = sorted(d.content.split(b"Message-ID: ")[1][:20] for d in captured.deliveries)
+    assert delivered == sorted(raw.split(b"Message-ID: ")[1][:20] for raw in messages)
+    assert not any("drain timeout" in line for line in log)
+
+
+def told_to_go(session: smtplib.SMTP) -> bool:
+    """Whether the server sent 421 and closed (a NOOP reads the 421 or finds it closed)."""
+    try:
+        return session.noop()[0] == 421
+    except smtplib.SMTPServerDisconnected:
+        return True
+
+
+def test_the_daemon_logs_one_line_per_message(tiny_model_dir):
+    with sink() as (_, sink_port):
+        args = [
+            "--model",
+            str(tiny_model_dir),
+            "--listen",
+            f"{LOCALHOST}:0",
+            "--relay",
+            f"{LOCALHOST}:{sink_port}",
+            "--metrics-listen",
+            "",
+        ]
+        with daemon_process(args) as (process, port, log):
+            send(port, SPAM, ["a@example.net", "b@example.net"])
+            wait_for(lambda: any("verdict=" in line for line in log))
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+    (line,) = [line for line in log if "verdict=" in line]
+    for part in ("from=<sender@example.org>", "rcpts=2", "score=0.9", "verdict=tag", "ms="):
+        assert part in line
