@@ -32,8 +32,8 @@ def tokenize(
     tokenized = {}
     for name, split in splits.items():
         limit = limits.get(name)
-        if limit is not None:
-            split = split.select(range(min(limit, len(split))))
+        if limit is not None:  # a seeded sample: the splits are ordered by source
+            split = split.shuffle(seed=config.seed).select(range(min(limit, len(split))))
         tokenized[name] = split.map(
             featurize,
             batched=True,
