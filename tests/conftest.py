@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path
 
 import pytest
+
 from support import make_trained_model_dir, make_untrained_model_dir, write_maildirs
 
 

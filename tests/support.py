@@ -12,10 +12,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
 from spamfilter.classifier import encode
 from spamfilter.mailtext import email_to_text
 from spamfilter.modeldir import LABELS, ModelCard, Thresholds, write_card
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 SPAM_WORDS = (
     "viagra cheap pills winner lottery prize claim cash free offer click unsubscribe "
