@@ -55,7 +55,7 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay (not on biases and LayerNorm).", 0.01)
     warmup_ratio: float = _help("Fraction of optimizer steps with linear warm-up.", 0.06)
     max_grad_norm: float = _help("Gradient clipping norm (0 disables).", 1.0)
-    num_train_epochs: int = _help("Passes over the training split.", 2)
+    num_train_epochs: int = _help("Passes over the training split.", 1)
     max_steps: int = _help("Stop after this many optimizer steps (-1: run all epochs).", -1)
     seed: int = _help("Seed for weights of the head, shuffling and dropout.", 42)
     # Bookkeeping
