@@ -57,12 +57,12 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 def run_trainer(argv: list[str]) -> None:
     """The Trainer side, in its own process: prints its train_samples_per_second."""
     sys.path.insert(0, str(ROOT / "training"))
+    from train import setup_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from spamtrain import data
     from spamtrain.config import parse_args
     from spamtrain.features import MODEL_COLUMNS, tokenize
-    from train import setup_model
 
     config = parse_args(argv)
     tokenizer, model = setup_model(config)
@@ -113,8 +113,8 @@ def main() -> None:
             for name, run in (("ours", ours), ("trainer", theirs)):
                 started = time.perf_counter()
                 figures[name].append(run(args, Path(scratch) / f"{name}-{round_}"))
-                print(f"round {round_} {name}: {figures[name][-1]:.2f} samples/s "
-                      f"({time.perf_counter() - started:.0f} s with start-up)", flush=True)  # fmt: skip
+                took = time.perf_counter() - started
+                print(f"round {round_} {name}: {figures[name][-1]:.2f} samples/s ({took:.0f} s)")
     result = {
         "command": " ".join(sys.argv),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
