@@ -46,11 +46,12 @@ def at_threshold(labels: Sequence[int], scores: Sequence[float], threshold: floa
 
 
 def threshold_for_fpr(labels: Sequence[int], scores: Sequence[float], target_fpr: float) -> float:
-    """The lowest threshold whose false-positive rate on this data is at most ``target_fpr``.
+    """A threshold whose false-positive rate on this data is at most ``target_fpr``.
 
-    Lowest, so recall is as high as the target allows. With ``n`` ham messages an FPR
-    below ``1/n`` means no false positive at all: the threshold then sits just above the
-    highest ham score.
+    It lies halfway between the highest ham score that must stay below it and the next
+    higher score, so recall is as high as the target allows and a score that moves by a
+    rounding error (another batch's padding, another backend) does not cross it. With
+    ``n`` ham messages an FPR below ``1/n`` means no false positive at all.
     """
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     ham = np.sort(s[y == 0])[::-1]
@@ -59,9 +60,10 @@ def threshold_for_fpr(labels: Sequence[int], scores: Sequence[float], target_fpr
     allowed = int(np.floor(target_fpr * len(ham)))  # ham messages allowed at/above threshold
     if allowed >= len(ham):
         return float(np.nextafter(0.0, 1.0))
-    # Any threshold above the (allowed+1)-th highest ham score lets at most `allowed` through.
-    threshold = float(np.nextafter(ham[allowed], np.inf))
-    return min(max(threshold, float(np.nextafter(0.0, 1.0))), float(np.nextafter(1.0, 0.0)))
+    boundary = ham[allowed]  # the highest ham score that must stay below the threshold
+    above = s[s > boundary]
+    threshold = (boundary + above.min()) / 2 if above.size else np.nextafter(boundary, 1.0)
+    return float(min(max(threshold, np.nextafter(0.0, 1.0)), np.nextafter(1.0, 0.0)))
 
 
 def recall_at_fpr(labels: Sequence[int], scores: Sequence[float], target_fpr: float) -> float:
