@@ -1,0 +1,213 @@
+"""Throughput of the filter daemon through SMTP, against the same model's bare scoring.
+
+    python benchmarks/filter_throughput.py --model runs/x --messages 400 \
+        --concurrency 1,4,16 --out results/filter_throughput.json
+
+Starts a capturing sink (aiosmtpd, in this process) and ``spamfilter serve`` (its own
+process, as deployed) on loopback, sends the same N messages at each concurrency
+(clients = threads with one smtplib connection each, N/c messages per client), and
+reports msgs/s and p50/p99 latency per message (MAIL to the 250 after DATA). Then
+it scores the same messages with ``Classifier.score_raw`` in batches of the daemon's
+batch size: the bare figure the daemon is measured against (issue 3: >= 80%).
+Messages are ``--mail-dir``'s files (*.eml, or any files), or synthetic ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import smtplib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP
+
+LOCALHOST = "127.0.0.1"
+WORDS = (
+    "meeting agenda project review release notes build thanks schedule report question "
+    "offer free cash winner prize click discount bank transfer urgent bonus account"
+).split()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="model directory to serve")
+    parser.add_argument("--messages", type=int, default=200, help="messages per run (default 200)")
+    parser.add_argument("--concurrency", default="1,4,16", help="client counts (default 1,4,16)")
+    parser.add_argument("--batch-size", type=int, default=8, help="daemon batch (default 8)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="(default 5)")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or int8 (default fp32)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: default")
+    parser.add_argument("--mail-dir", type=Path, help="directory of raw messages to send")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
+    return parser.parse_args()
+
+
+def synthetic_messages(count: int) -> list[bytes]:
+    rng = random.Random(0)
+    messages = []
+    for index in range(count):
+        body = "\r\n".join(" ".join(rng.choices(WORDS, k=12)) for _ in range(rng.randint(3, 40)))
+        messages.append(
+            f"From: sender{index} <s{index}@example.org>\r\nTo: user@example.net\r\n"
+            f"Subject: {' '.join(rng.choices(WORDS, k=5))}\r\nMessage-ID: <{index}@bench>\r\n"
+            f"\r\n{body}\r\n".encode()
+        )
+    return messages
+
+
+def mail_dir_messages(directory: Path, count: int) -> list[bytes]:
+    files = sorted(path for path in directory.rglob("*") if path.is_file())[:count]
+    # SMTP carries CRLF lines; normalise so smtplib sends what the file holds.
+    return [re.sub(rb"\r?\n", b"\r\n", path.read_bytes()) for path in files]
+
+
+class CountingSink:
+    async def handle_DATA(self, server, session, envelope):
+        self.delivered += 1
+        return "250 OK"
+
+    delivered = 0
+
+
+def start_sink() -> tuple[CountingSink, int, asyncio.AbstractEventLoop]:
+    handler, loop = CountingSink(), asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def serve() -> asyncio.Server:
+        return await loop.create_server(
+            lambda: SMTP(handler, enable_SMTPUTF8=True, hostname="sink", loop=loop), LOCALHOST, 0
+        )
+
+    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(30)
+    return handler, server.sockets[0].getsockname()[1], loop
+
+
+def start_filter(args: argparse.Namespace, sink_port: int) -> tuple[subprocess.Popen, int]:
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from spamfilter.cli import main; sys.exit(main())",
+        "serve",
+        "--model",
+        str(args.model),
+        "--listen",
+        f"{LOCALHOST}:0",
+        "--relay",
+        f"{LOCALHOST}:{sink_port}",
+        "--metrics-listen",
+        "",
+        "--batch-size",
+        str(args.batch_size),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--precision",
+        args.precision,
+        "--threads",
+        str(args.threads),
+        "--max-connections",
+        "1000",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stderr:
+        match = re.search(r"serving \S+ on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep draining
+            return process, int(match.group(1))
+    raise SystemExit(f"the filter did not start (exit {process.wait()})")
+
+
+def smtp_run(port: int, messages: list[bytes], clients: int) -> dict[str, float]:
+    shares = [messages[index::clients] for index in range(clients)]
+
+    def client(share: list[bytes]) -> list[float]:
+        latencies = []
+        with smtplib.SMTP(LOCALHOST, port, timeout=300) as smtp:
+            for raw in share:
+                started = time.perf_counter()
+                smtp.sendmail("sender@example.org", ["user@example.net"], raw)
+                latencies.append(time.perf_counter() - started)
+        return latencies
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = sorted(t for share in pool.map(client, shares) for t in share)
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "messages": len(latencies),
+        "msgs_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def bare_run(args: argparse.Namespace, messages: list[bytes]) -> dict[str, float]:
+    from spamfilter.classifier import Classifier
+
+    classifier = Classifier(args.model, precision=args.precision, threads=args.threads or None)
+    classifier.score_raw(messages[: args.batch_size])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(messages), args.batch_size):
+        classifier.score_raw(messages[start : start + args.batch_size])
+    elapsed = time.perf_counter() - started
+    return {
+        "batch_size": args.batch_size,
+        "messages": len(messages),
+        "msgs_per_s": len(messages) / elapsed,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    messages = (
+        mail_dir_messages(args.mail_dir, args.messages)
+        if args.mail_dir
+        else synthetic_messages(args.messages)
+    )
+    sink, sink_port, _ = start_sink()
+    process, port = start_filter(args, sink_port)
+    try:
+        smtp_run(port, messages[: min(16, len(messages))], 1)  # warm-up
+        runs = [smtp_run(port, messages, int(c)) for c in args.concurrency.split(",")]
+    finally:
+        process.terminate()
+        process.wait(60)
+    bare = bare_run(args, messages)
+    for run in runs:
+        run["fraction_of_bare"] = run["msgs_per_s"] / bare["msgs_per_s"]
+        print(
+            f"{run['clients']:>3} clients: {run['msgs_per_s']:7.1f} msgs/s  "
+            f"p50 {run['p50_ms']:7.1f} ms  p99 {run['p99_ms']:7.1f} ms  "
+            f"({100 * run['fraction_of_bare']:.0f}% of bare)"
+        )
+    print(f"bare Classifier.score_raw, batch {bare['batch_size']}: {bare['msgs_per_s']:.1f} msgs/s")
+    result = {
+        "model": str(args.model),
+        "precision": args.precision,
+        "threads": args.threads,
+        "batch_wait_ms": args.batch_wait_ms,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "smtp": runs,
+        "bare": bare,
+        "delivered": sink.delivered,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
