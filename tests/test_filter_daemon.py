@@ -28,7 +28,7 @@ from spamfilter.modeldir import ModelDirError, read_card, write_card
 from spamfilter.server import FilterDaemon
 from support import make_message
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)  # includes training the tiny model (session fixture)
 
 SPAM = make_message(1, 3).replace(b"\n", b"\r\n")
 
