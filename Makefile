@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[train,deepspeed,eval,dev]'
+	$(BIN)/pip install -q -e '.[train,deepspeed,eval,onnx,dev]'
 	touch $@
 
 demo: setup
@@ -30,6 +30,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	scripts/ensure-peers.sh
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -1,7 +1,9 @@
 """Score mail with a model directory: raw bytes -> model text -> tokens -> P(spam).
 
 ``encode`` is the one tokenization both training and serving use, so truncation
-(the head of the text, optionally plus its tail) is the same on both sides.
+(the head of the text, optionally plus its tail) is the same on both sides. The forward
+pass runs in PyTorch (fp32, bf16 autocast, int8 dynamic quantization) or in ONNX
+Runtime (``onnx-fp32``, ``onnx-int8``: see ``onnxmodel``); the precision picks which.
 """
 
 from __future__ import annotations
@@ -13,21 +15,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from spamfilter.mailtext import email_to_text
 from spamfilter.modeldir import SPAM_LABEL, ModelCard, ModelDirError, model_id, read_card
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16", "int8"]
+Precision = Literal["fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"]
 
 
 class Scorer(Protocol):
     """What the SMTP handler needs from a model: P(spam) for each raw message."""
 
     def score_raw(self, messages: Sequence[bytes]) -> list[float]: ...
+
+
+class Runner(Protocol):
+    """A forward pass: P(spam) for a padded batch of token ids."""
+
+    def spam_probabilities(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> np.ndarray: ...
 
 
 def encode(
@@ -69,20 +80,17 @@ class Classifier:
         self.model_dir = Path(model_dir)
         self.card: ModelCard = read_card(self.model_dir)
         self.precision = precision
-        self.device = torch.device(device)
-        if threads:
-            torch.set_num_threads(threads)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:
-            raise ModelDirError(f"{self.model_dir}: cannot load model: {error}") from None
-        model.eval()
-        if precision == "int8":
-            model = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear}, dtype=torch.qint8
-            )
-        self.model = model.to(self.device)
+            raise ModelDirError(f"{self.model_dir}: cannot load tokenizer: {error}") from None
+        self.runner: Runner
+        if precision.startswith("onnx-"):
+            from spamfilter.onnxmodel import OnnxRunner
+
+            self.runner = OnnxRunner(self.model_dir, precision, threads or 0)
+        else:
+            self.runner = TorchRunner(self.model_dir, precision, threads, device)
         self.model_id = model_id(self.model_dir)
         self._lock = threading.Lock()
 
@@ -96,21 +104,49 @@ class Classifier:
         scores = [0.0] * len(ids)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-            for index, score in zip(chunk, self._forward(batch), strict=True):
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="np")
+            with self._lock:
+                probabilities = self.runner.spam_probabilities(
+                    batch["input_ids"], batch["attention_mask"]
+                )
+            for index, score in zip(chunk, probabilities.tolist(), strict=True):
                 scores[index] = score
         return scores
 
     def score_raw(self, messages: Sequence[bytes]) -> list[float]:
         return self.score_texts([email_to_text(raw) for raw in messages])
 
-    def _forward(self, batch: BatchEncoding) -> list[float]:
-        batch = batch.to(self.device)
+
+class TorchRunner:
+    """The PyTorch forward pass: fp32, bf16 autocast or int8 dynamic quantization."""
+
+    def __init__(
+        self, model_dir: Path, precision: Precision, threads: int | None, device: str
+    ) -> None:
+        self.precision = precision
+        self.device = torch.device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        except (OSError, ValueError) as error:
+            raise ModelDirError(f"{model_dir}: cannot load model: {error}") from None
+        model.eval()
+        if precision == "int8":
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        self.model = model.to(self.device)
+
+    def spam_probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.precision == "bf16"
             else contextlib.nullcontext()
         )
-        with self._lock, torch.inference_mode(), autocast:
-            logits = self.model(**batch).logits.float()
-        return torch.softmax(logits, dim=-1)[:, SPAM_LABEL].tolist()
+        with torch.inference_mode(), autocast:
+            logits = self.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            ).logits.float()
+        return torch.softmax(logits, dim=-1)[:, SPAM_LABEL].cpu().numpy()

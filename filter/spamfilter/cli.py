@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,10 @@ EXIT_ERROR = 2
 FPR_KEYS = {"tag": "target_fpr", "reject": "reject_fpr", "quarantine": "quarantine_fpr"}
 THRESHOLD_NAMES = tuple(FPR_KEYS)
 # classifier.Precision's values, spelled out so building the parser does not import torch.
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
+# baselines.NAMES, spelled out for the same reason.
+BASELINES = ("tfidf", "bogofilter", "spamassassin")
+DEFAULT_TARGET_FPR = 0.001  # training's default, for models whose card does not say
 DESCRIPTION = """Score mail with a BERT model directory, manage its thresholds, evaluate it.
 
 examples:
@@ -40,6 +44,8 @@ examples:
   spamfilter threshold set 0.85 --model runs/x [--which tag|reject|quarantine]
   spamfilter threshold tune --model runs/x --data SOURCE --target-fpr 0.001 [--dry-run]
   spamfilter eval --model runs/x --data SOURCE --split test --out reports/x
+  spamfilter eval --model runs/x --data spamassassin --baseline tfidf --baseline bogofilter ...
+  spamfilter export-onnx --model runs/x
   spamfilter serve --model runs/x ...   (spamfilter serve --help)"""
 RELOAD_HINT = "a running 'spamfilter serve' picks this up on SIGHUP: kill -HUP <pid>"
 
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_parser(commands)
     add_threshold_parser(commands)
     add_eval_parser(commands)
+    add_export_onnx_parser(commands)
     # Listed for --help only: main() hands "serve" to serve(), which builds its own parser.
     commands.add_parser("serve", help="run the SMTP content filter (spamfilter serve --help)")
     return parser
@@ -104,7 +111,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, scoring: bool) -> None:
             "--precision",
             choices=PRECISIONS,
             default="fp32",
-            help="fp32, bf16 autocast or int8 dynamic quantization",
+            help="PyTorch fp32, bf16 autocast or int8 dynamic quantization; or ONNX Runtime "
+            "fp32 or int8 (onnx-*: exported into the model directory on first use)",
         )
 
 
@@ -125,6 +133,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
         help="how the source is split: the fixed MD5 split, or earlier vs later collections",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="messages per forward pass")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="use a seeded random sample of this many messages of each evaluated split",
+    )
 
 
 # --- classify -----------------------------------------------------------------------------
@@ -302,17 +315,31 @@ def score_labelled(args: argparse.Namespace) -> tuple[Classifier, Dataset, np.nd
     Returns the classifier, the dataset's rows, their labels and their scores.
     """
     from spamfilter.classifier import Classifier
-    from spamfilter.labelled import DataError, load_labelled, score_dataset
+    from spamfilter.labelled import score_dataset
 
-    try:
-        dataset = load_labelled(args.data, args.split, args.scheme)
-    except DataError as error:
-        raise CLIError(str(error)) from None
-    if len(dataset) == 0:
-        raise CLIError(f"{args.data}: the {args.split} split holds no messages")
+    dataset = load_data(args, (args.split,))[args.split]
     classifier = Classifier(args.model, precision=args.precision)
     scores = score_dataset(classifier, dataset, args.batch_size)
     return classifier, dataset, np.asarray(dataset["label"]), scores
+
+
+def load_data(args: argparse.Namespace, splits: tuple[str, ...]) -> dict[str, Dataset]:
+    """The named splits of ``args.data``; the evaluated ones sampled down to ``args.limit``.
+
+    The training split is never sampled: a baseline trains on all of it, as the model did.
+    """
+    from spamfilter.labelled import DataError, load_splits
+
+    try:
+        loaded = load_splits(args.data, splits, args.scheme)
+    except DataError as error:
+        raise CLIError(str(error)) from None
+    for split, dataset in loaded.items():
+        if len(dataset) == 0:
+            raise CLIError(f"{args.data}: the {split} split holds no messages")
+        if args.limit and split != "train" and len(dataset) > args.limit:
+            loaded[split] = dataset.shuffle(seed=0).select(range(args.limit))
+    return loaded
 
 
 def now() -> str:
@@ -331,13 +358,41 @@ def add_eval_parser(commands) -> None:
     add_model_arguments(parser, scoring=True)
     add_data_arguments(parser, split="test")
     parser.add_argument("--out", required=True, type=Path, help="report directory (created)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        choices=BASELINES,
+        default=[],
+        help="also train this filter on the training split and compare it (repeatable; "
+        "bogofilter and spamassassin run on the raw message and on the model's text)",
+    )
     parser.set_defaults(command=evaluate)
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from spamfilter.classifier import Classifier
+    from spamfilter.labelled import score_dataset
     from spamfilter.report import Scored, write_report
 
-    classifier, dataset, labels, scores = score_labelled(args)
+    if args.baseline and args.split == "all":
+        raise CLIError("--baseline needs a split to train on: use --split test or validation")
+    splits = ("train", "validation", args.split) if args.baseline else (args.split,)
+    loaded = load_data(args, tuple(dict.fromkeys(splits)))
+    dataset = loaded[args.split]
+    classifier = Classifier(args.model, precision=args.precision)
+    started = time.perf_counter()
+    scores = score_dataset(classifier, dataset, args.batch_size)
+    seconds = time.perf_counter() - started
+    thresholds = classifier.card.thresholds
+    labels = np.asarray(dataset["label"])
+    model = Scored(classifier.model_id, labels, scores, thresholds.tag, 0.5, seconds)
+    target_fpr = classifier.card.calibration.get("target_fpr") or DEFAULT_TARGET_FPR
+    baselines, skipped = [], {}
+    if args.baseline:
+        from spamfilter.baselines.compare import run_baselines
+
+        train, validation = loaded["train"], loaded["validation"]
+        baselines, skipped = run_baselines(args.baseline, train, validation, dataset, target_fpr)
     context = {
         "model": classifier.model_id,
         "model_dir": str(args.model),
@@ -345,16 +400,53 @@ def evaluate(args: argparse.Namespace) -> int:
         "split": args.split,
         "scheme": args.scheme,
         "precision": args.precision,
+        "comparison_target_fpr": target_fpr,
+        "sample": f"{args.limit} messages per evaluated split, seed 0" if args.limit else None,
+        "skipped": skipped,
         "evaluated_at": now(),
     }
-    model = Scored(classifier.model_id, labels, scores)
-    metrics = write_report(args.out, model, dataset, classifier.card.thresholds, context)
+    metrics = write_report(args.out, model, dataset, thresholds, context, baselines)
+    print_evaluation(args.out, metrics)
+    return 0
+
+
+def print_evaluation(out: Path, metrics: dict) -> None:
     summary = metrics["summary"]
     print(
-        f"{args.out / 'report.md'}: {metrics['n']} messages, ROC-AUC {summary['roc_auc']:.4f}, "
+        f"{out / 'report.md'}: {metrics['n']} messages, ROC-AUC {summary['roc_auc']:.4f}, "
         f"at tag {summary['threshold']:.4g}: FPR {summary['fpr']:.4%}, "
         f"recall {summary['recall']:.2%}"
     )
+    for row in metrics["filters"][1:]:
+        print(
+            f"  {row['filter']}: ROC-AUC {row['roc_auc']:.4f}, at {row['threshold']:.4g}: "
+            f"FPR {row['fpr']:.4%}, recall {row['recall']:.2%}, F1 {row['f1']:.4f}"
+        )
+    for name, why in metrics["skipped"].items():
+        print(f"  {name}: not run: {why}")
+
+
+# --- export-onnx --------------------------------------------------------------------------
+
+
+def add_export_onnx_parser(commands) -> None:
+    parser = commands.add_parser(
+        "export-onnx",
+        help="write model.onnx and model.int8.onnx into a model directory",
+        formatter_class=HelpFormatter,
+        description="Export for --precision onnx-fp32 / onnx-int8 (done on first use anyway; "
+        "run it ahead where the model directory is read-only at serving time).",
+    )
+    add_model_arguments(parser, scoring=False)
+    parser.set_defaults(command=export_onnx)
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    from spamfilter import onnxmodel
+
+    read_card(args.model)  # a model directory this filter can serve, or a one-line error
+    for precision, path in onnxmodel.export_onnx(args.model).items():
+        print(f"{precision}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

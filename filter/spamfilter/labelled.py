@@ -8,6 +8,7 @@ here is the one the model never trained on. That layer needs ``datasets`` (the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -29,6 +30,13 @@ class DataError(RuntimeError):
 
 def load_labelled(source: str, split: Split = "validation", scheme: Scheme = "hash") -> Dataset:
     """Rows ``id, raw, label, source, group`` of ``source``, restricted to one split (or all)."""
+    return load_splits(source, (split,), scheme)[split]
+
+
+def load_splits(
+    source: str, splits: Sequence[Split], scheme: Scheme = "hash"
+) -> dict[str, Dataset]:
+    """Several splits of ``source`` (``all``: every message), reading the source once."""
     try:
         from spamtrain.data import load_source, split_dataset
     except ImportError as error:
@@ -38,9 +46,10 @@ def load_labelled(source: str, split: Split = "validation", scheme: Scheme = "ha
         ) from None
     try:
         dataset = load_source(source)
-        return dataset if split == "all" else split_dataset(dataset, scheme=scheme)[split]
+        parts = split_dataset(dataset, scheme=scheme) if set(splits) - {"all"} else {}
+        return {split: dataset if split == "all" else parts[split] for split in splits}
     except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"{source}: cannot load the {split} split: {error}") from None
+        raise DataError(f"{source}: cannot load the {'/'.join(splits)} split: {error}") from None
 
 
 def score_dataset(classifier: Classifier, dataset: Dataset, batch_size: int = 32) -> np.ndarray:

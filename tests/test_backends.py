@@ -1,0 +1,149 @@
+"""Scoring backends (PyTorch fp32/bf16/int8, ONNX Runtime fp32/int8) and the baselines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from spamfilter import cli, onnxmodel
+from spamfilter.baselines import as_text_message, make_baselines
+from spamfilter.baselines.compare import run_baselines
+from spamfilter.classifier import Classifier
+from spamfilter.mailtext import email_to_text
+from support import make_message
+
+# Largest |P(spam) - fp32's| per precision on the tiny model: ONNX fp32 runs the same
+# arithmetic; bf16 keeps 8 mantissa bits; int8 rounds every weight matrix.
+TOLERANCE = {"onnx-fp32": 1e-4, "bf16": 0.05, "int8": 0.05, "onnx-int8": 0.05}
+MESSAGES = [make_message(label, 700 + index) for index in range(12) for label in (0, 1)]
+LABELS = [label for _ in range(12) for label in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A private copy of the tiny model: ONNX files get written into it."""
+    return Path(shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("backends") / "model"))
+
+
+@pytest.fixture(scope="module")
+def fp32_scores(model_dir) -> np.ndarray:
+    return np.asarray(Classifier(model_dir).score_raw(MESSAGES))
+
+
+@pytest.mark.parametrize("precision", sorted(TOLERANCE))
+def test_each_precision_scores_like_fp32(model_dir, fp32_scores, precision):
+    scores = np.asarray(Classifier(model_dir, precision=precision).score_raw(MESSAGES))
+    assert np.max(np.abs(scores - fp32_scores)) <= TOLERANCE[precision]
+    assert roc_auc_score(LABELS, scores) == roc_auc_score(LABELS, fp32_scores)
+
+
+def test_onnx_scores_do_not_depend_on_the_batch(model_dir):
+    classifier = Classifier(model_dir, precision="onnx-fp32")
+    texts = [email_to_text(raw) for raw in MESSAGES]
+    one_by_one = [classifier.score_texts([text])[0] for text in texts]
+    assert np.allclose(classifier.score_texts(texts, batch_size=5), one_by_one, atol=1e-5)
+
+
+def test_export_onnx_command_writes_both_files_tagged_with_the_weights(capsys, model_dir):
+    assert cli.main(["export-onnx", "--model", str(model_dir)]) == 0
+    printed = capsys.readouterr().out
+    for precision, name in onnxmodel.FILES.items():
+        assert f"{precision}: {model_dir / name}" in printed
+        runner = onnxmodel.OnnxRunner(model_dir, precision)
+        assert runner.session.get_modelmeta().custom_metadata_map[onnxmodel.MODEL_ID_KEY] == (
+            Classifier(model_dir).model_id
+        )
+
+
+def test_onnx_file_from_other_weights_is_exported_again(model_dir, fp32_scores):
+    import onnx
+
+    path = model_dir / onnxmodel.FILES["onnx-fp32"]
+    onnxmodel.export_onnx(model_dir)
+    stale = onnx.load(path)
+    onnx.helper.set_model_props(stale, {onnxmodel.MODEL_ID_KEY: "other@00000000"})
+    onnx.save(stale, path)
+    scores = Classifier(model_dir, precision="onnx-fp32").score_raw(MESSAGES)
+    assert np.allclose(scores, fp32_scores, atol=TOLERANCE["onnx-fp32"])
+    reread = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert reread[onnxmodel.MODEL_ID_KEY] != "other@00000000"
+
+
+# --- baselines ----------------------------------------------------------------------------
+
+TRAIN = [make_message(label, index) for index in range(40) for label in (0, 1)]
+TRAIN_LABELS = [label for _ in range(40) for label in (0, 1)]
+
+
+def fit_and_score(baseline) -> np.ndarray:
+    try:
+        baseline.fit(TRAIN, TRAIN_LABELS)
+        return baseline.score(MESSAGES)
+    finally:
+        baseline.close()
+
+
+def test_tfidf_baseline_separates_the_synthetic_corpus():
+    (baseline,) = make_baselines("tfidf")
+    scores = fit_and_score(baseline)
+    assert np.all((scores >= 0) & (scores <= 1)) and roc_auc_score(LABELS, scores) == 1.0
+
+
+@pytest.mark.skipif(not shutil.which("bogofilter"), reason="bogofilter not installed")
+def test_bogofilter_baseline_on_both_views():
+    runs = make_baselines("bogofilter")
+    assert [run.view for run in runs] == ["raw", "text"]
+    for baseline in runs:
+        scores = fit_and_score(baseline)
+        assert np.all((scores >= 0) & (scores <= 1)) and roc_auc_score(LABELS, scores) == 1.0
+        assert not baseline.root.exists()  # close() removed its word list
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("spamd"), reason="SpamAssassin (spamd) not installed")
+def test_spamassassin_baseline_scores_in_the_unit_interval():
+    (baseline, _) = make_baselines("spamassassin")
+    scores = fit_and_score(baseline)
+    assert len(scores) == len(MESSAGES) and np.all((scores > 0) & (scores < 1))
+
+
+def test_text_view_is_the_model_text_as_a_message_body():
+    raw = make_message(1, 3)
+    wrapped = BytesParser(policy=policy.default).parsebytes(as_text_message(raw))
+    assert wrapped.get_content().rstrip("\n") == email_to_text(raw).rstrip("\n")
+
+
+def test_missing_peer_is_reported_not_fatal(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bogofilter on this PATH
+    runs, skipped = run_baselines(["bogofilter"], None, None, None, 0.01)
+    assert runs == [] and "apt-get install bogofilter" in skipped["bogofilter"]
+
+
+def test_eval_with_tfidf_baseline_writes_the_compared_table(capsys, model_dir, tmp_path):
+    from support import write_maildirs
+
+    corpus = write_maildirs(tmp_path / "mail", per_label=60)
+    out = tmp_path / "report"
+    argv = ["eval", "--model", str(model_dir), "--data", str(corpus), "--out", str(out)]
+    assert cli.main([*argv, "--baseline", "tfidf"]) == 0
+    assert "tfidf+logreg (model text): ROC-AUC" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [row["filter"] for row in metrics["filters"]]
+    assert names == [metrics["model"], "tfidf+logreg (model text)"]
+    assert [row["filter"] for row in metrics["filters_native"]] == names
+    assert metrics["filters"][1]["msgs_per_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "| tfidf+logreg (model text) |" in report and "own default cut-off" in report
+
+
+def test_eval_baseline_needs_a_split(capsys, model_dir, tmp_path):
+    argv = ["eval", "--model", str(model_dir), "--data", str(tmp_path), "--out", str(tmp_path)]
+    assert cli.main([*argv, "--split", "all", "--baseline", "tfidf"]) == cli.EXIT_ERROR
+    assert "--baseline needs a split" in capsys.readouterr().err
