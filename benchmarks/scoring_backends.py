@@ -1,0 +1,145 @@
+"""Scoring throughput by backend, and each backend's accuracy against PyTorch fp32.
+
+    python benchmarks/scoring_backends.py --model runs/default --messages 256 \
+        --out docs/bench/scoring_backends.json
+
+One run, one machine: the same ``--messages`` messages of the test split (a seeded
+sample) are scored by every precision (PyTorch fp32, bf16 autocast, int8 dynamic
+quantization; ONNX Runtime fp32, int8) at each batch size, after one warm-up batch.
+Throughput counts tokenization and the forward pass (``Classifier.score_texts``, with
+its length-sorted batching); ``email_to_text`` is the same for every backend and is
+timed once on its own.
+
+Parity: each backend's scores against fp32's on the same messages, at the model's tag
+threshold: the change in false-positive rate and recall, the verdicts that flip, the
+largest score change. It holds when |dFPR| <= 0.001 and |drecall| <= 0.005. The whole
+test split is used where the backend would score it within ``--parity-budget`` seconds,
+else the benchmark sample (the JSON says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spamfilter import evaluation
+from spamfilter.classifier import Classifier
+from spamfilter.labelled import load_labelled
+from spamfilter.mailtext import email_to_text
+from spamfilter.modeldir import read_card
+
+ROOT = Path(__file__).resolve().parent.parent
+PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
+MAX_DFPR = 0.001
+MAX_DRECALL = 0.005
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "runs/default")
+    parser.add_argument("--data", default="spamassassin", help="labelled source (default built-in)")
+    parser.add_argument("--messages", type=int, default=256, help="messages timed (default 256)")
+    parser.add_argument("--batch-sizes", default="32,8", help="(default 32,8)")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="(default: all)")
+    parser.add_argument(
+        "--parity-budget", type=float, default=120.0, help="seconds for whole-split parity"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/bench/scoring_backends.json")
+    return parser.parse_args()
+
+
+def timed(classifier: Classifier, texts: list[str], batch_size: int) -> tuple[float, list[float]]:
+    """msgs/s of scoring ``texts`` (after a warm-up batch), and the scores."""
+    classifier.score_texts(texts[:batch_size], batch_size)
+    started = time.perf_counter()
+    scores = classifier.score_texts(texts, batch_size)
+    return len(texts) / (time.perf_counter() - started), scores
+
+
+def parity(labels: np.ndarray, reference: np.ndarray, scores: np.ndarray, tag: float) -> dict:
+    ours, theirs = (evaluation.at_threshold(labels, s, tag) for s in (scores, reference))
+    d_fpr, d_recall = ours["fpr"] - theirs["fpr"], ours["recall"] - theirs["recall"]
+    return {
+        "n": len(labels),
+        "fpr": ours["fpr"],
+        "recall": ours["recall"],
+        "d_fpr": d_fpr,
+        "d_recall": d_recall,
+        "verdicts_flipped": int(np.sum((scores >= tag) != (reference >= tag))),
+        "max_abs_d_score": float(np.max(np.abs(scores - reference))),
+        "holds": abs(d_fpr) <= MAX_DFPR and abs(d_recall) <= MAX_DRECALL,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    # fp32 first: it is the reference for parity and speed-up.
+    precisions = ["fp32", *(p for p in args.precisions.split(",") if p != "fp32")]
+    card = read_card(args.model)
+    tag = card.thresholds.tag
+    split = load_labelled(args.data, "test")
+    split_texts = [email_to_text(raw) for raw in split["raw"]]
+    split_labels = np.asarray(split["label"])
+    sample = np.random.default_rng(0).permutation(len(split))[: args.messages]
+    texts = [split_texts[i] for i in sample]
+    started = time.perf_counter()
+    for raw in split.select(sample.tolist())["raw"]:
+        email_to_text(raw)
+    text_rate = len(sample) / (time.perf_counter() - started)
+
+    rows, sample_scores, split_scores = [], {}, {}
+    for precision in precisions:
+        loading = time.perf_counter()
+        classifier = Classifier(args.model, precision=precision)
+        row = {"precision": precision, "load_s": round(time.perf_counter() - loading, 2)}
+        for size in batch_sizes:
+            rate, scores = timed(classifier, texts, size)
+            row[f"msgs_per_s_batch_{size}"] = round(rate, 2)
+            sample_scores.setdefault(precision, np.asarray(scores))
+        if len(split) / row[f"msgs_per_s_batch_{batch_sizes[0]}"] <= args.parity_budget:
+            split_scores[precision] = np.asarray(classifier.score_texts(split_texts))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for row in rows:
+        precision = row["precision"]
+        if precision in split_scores and "fp32" in split_scores:
+            row["parity"] = parity(split_labels, split_scores["fp32"], split_scores[precision], tag)
+            row["parity"]["on"] = f"test split ({len(split)} messages)"
+        else:
+            labels = split_labels[sample]
+            row["parity"] = parity(labels, sample_scores["fp32"], sample_scores[precision], tag)
+            row["parity"]["on"] = f"benchmark sample ({len(sample)} messages)"
+    fp32 = rows[0][f"msgs_per_s_batch_{batch_sizes[0]}"]
+    for row in rows:
+        row["speedup_vs_fp32"] = round(row[f"msgs_per_s_batch_{batch_sizes[0]}"] / fp32, 2)
+    result = {
+        "benchmark": "scoring_backends",
+        "model": str(args.model),
+        "model_max_length": card.max_length,
+        "tag_threshold": tag,
+        "messages": len(sample),
+        "source": f"{args.data} test split, seeded sample (seed 0)",
+        "email_to_text_msgs_per_s": round(text_rate, 1),
+        "tolerance": {"abs_d_fpr": MAX_DFPR, "abs_d_recall": MAX_DRECALL},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "backends": rows,
+    }
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
