@@ -38,6 +38,7 @@ from spamfilter.modeldir import ModelDirError, model_id, read_card
 from spamfilter.policy import Policy
 from spamfilter.relay import SmtpConnector
 from spamfilter.session import FilterSMTP, Gate
+from spamfilter.xforward import XForwardSMTP
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class FilterDaemon:
     def _protocol(self) -> FilterSMTP:
         config = self.config
         messages = config.max_messages_per_session
-        return FilterSMTP(
+        return XForwardSMTP(
             self.handler,
             self.gate,
             data_size_limit=config.max_message_size,
