@@ -30,6 +30,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	scripts/ensure-postfix.sh
 	scripts/ensure-peers.sh
 	$(BIN)/python -m pytest
 

@@ -235,6 +235,7 @@ def _wait_for_port(process: subprocess.Popen, log: list[str]) -> int:
             if match:
                 found.append(int(match.group(1)))
                 started.set()
+        process.stderr.close()  # at EOF: the process is gone (an open pipe is a ResourceWarning)
         started.set()
 
     threading.Thread(target=read, daemon=True).start()
