@@ -5,7 +5,9 @@
 
 One run, one machine: the same ``--messages`` messages of the test split (a seeded
 sample) are scored by every precision (PyTorch fp32, bf16 autocast, int8 dynamic
-quantization; ONNX Runtime fp32, int8) at each batch size, after one warm-up batch.
+quantization; ONNX Runtime fp32, int8) at each batch size, after one warm-up batch, in
+``--rounds`` alternating rounds; the best round counts (the machine is shared, and
+the others' load only ever slows a round down).
 Throughput counts tokenization and the forward pass (``Classifier.score_texts``, with
 its length-sorted batching); ``email_to_text`` is the same for every backend and is
 timed once on its own.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -47,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=256, help="messages timed (default 256)")
     parser.add_argument("--batch-sizes", default="32,8", help="(default 32,8)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="(default: all)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     parser.add_argument(
         "--parity-budget", type=float, default=120.0, help="seconds for whole-split parity"
     )
@@ -94,19 +98,24 @@ def main() -> None:
         email_to_text(raw)
     text_rate = len(sample) / (time.perf_counter() - started)
 
-    rows, sample_scores, split_scores = [], {}, {}
+    classifiers, rows = {}, []
     for precision in precisions:
         loading = time.perf_counter()
-        classifier = Classifier(args.model, precision=precision)
-        row = {"precision": precision, "load_s": round(time.perf_counter() - loading, 2)}
-        for size in batch_sizes:
-            rate, scores = timed(classifier, texts, size)
-            row[f"msgs_per_s_batch_{size}"] = round(rate, 2)
-            sample_scores.setdefault(precision, np.asarray(scores))
+        classifiers[precision] = Classifier(args.model, precision=precision)
+        rows.append({"precision": precision, "load_s": round(time.perf_counter() - loading, 2)})
+    sample_scores, split_scores = {}, {}
+    for round_ in range(args.rounds):
+        for row in rows:
+            for size in batch_sizes:
+                rate, scores = timed(classifiers[row["precision"]], texts, size)
+                key = f"msgs_per_s_batch_{size}"
+                row[key] = max(row.get(key, 0.0), round(rate, 2))
+                sample_scores.setdefault(row["precision"], np.asarray(scores))
+            print(f"round {round_ + 1}: {json.dumps(row)}", flush=True)
+    for row in rows:
         if len(split) / row[f"msgs_per_s_batch_{batch_sizes[0]}"] <= args.parity_budget:
-            split_scores[precision] = np.asarray(classifier.score_texts(split_texts))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            classifier = classifiers[row["precision"]]
+            split_scores[row["precision"]] = np.asarray(classifier.score_texts(split_texts))
 
     for row in rows:
         precision = row["precision"]
@@ -126,6 +135,7 @@ def main() -> None:
         "model_max_length": card.max_length,
         "tag_threshold": tag,
         "messages": len(sample),
+        "rounds": args.rounds,
         "source": f"{args.data} test split, seeded sample (seed 0)",
         "email_to_text_msgs_per_s": round(text_rate, 1),
         "tolerance": {"abs_d_fpr": MAX_DFPR, "abs_d_recall": MAX_DRECALL},
@@ -133,6 +143,8 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            # The machine is shared: a high load average means slower, noisier figures.
+            "load_average_1_5_15min": [round(load, 2) for load in os.getloadavg()],
         },
         "backends": rows,
     }

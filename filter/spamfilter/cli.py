@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from datetime import UTC, datetime
@@ -391,6 +392,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.baseline:
         from spamfilter.baselines.compare import run_baselines
 
+        # The peers train and score for minutes: say what they are doing.
+        logging.basicConfig(level=logging.INFO, format="spamfilter: %(message)s")
         train, validation = loaded["train"], loaded["validation"]
         baselines, skipped = run_baselines(args.baseline, train, validation, dataset, target_fpr)
     context = {
