@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from spamfilter.mailtext import email_to_text
@@ -129,7 +130,7 @@ class TorchRunner:
             torch.set_num_threads(threads)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:  # missing, corrupt, truncated
             raise ModelDirError(f"{model_dir}: cannot load model: {error}") from None
         model.eval()
         if precision == "int8":
