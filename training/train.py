@@ -28,7 +28,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, is_torch_xla_available, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    DummyOptim,
+    DummyScheduler,
+    is_torch_xla_available,
+    set_seed,
+)
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForSequenceClassification,
@@ -53,14 +60,17 @@ def main(argv: list[str] | None = None) -> Path:
     splits, data_fingerprint = setup_data(config, accelerator)
     with accelerator.main_process_first():
         features = tokenize(splits, tokenizer, config)
-    batches = loaders(features, tokenizer, config)
-    optimizer = setup_optimizer(model, config)
-    model, optimizer, train_loader, validation_loader, test_loader = accelerator.prepare(
-        model, optimizer, batches["train"], batches["validation"], batches["test"]
+    batches = loaders(
+        features, tokenizer, config, fixed_shape=accelerator.distributed_type == DistributedType.XLA
     )
-    plan = training_plan(config, accelerator, len(train_loader))
-    scheduler = accelerator.prepare(setup_scheduler(optimizer, plan, accelerator, config))
-    accelerator.register_for_checkpointing(scheduler)
+    plan = training_plan(config, accelerator, len(batches["train"]))
+    optimizer = setup_optimizer(model, config, accelerator)
+    scheduler = setup_scheduler(optimizer, plan, accelerator, config)
+    # One call: DeepSpeed builds its engine from the model, optimizer, scheduler and the
+    # batch size of the loaders together.
+    model, optimizer, scheduler, train_loader, validation_loader, test_loader = accelerator.prepare(
+        model, optimizer, scheduler, batches["train"], batches["validation"], batches["test"]
+    )
     progress = resume(config, accelerator)
     throughput = train(
         config, accelerator, model, optimizer, scheduler, train_loader, validation_loader,
@@ -81,17 +91,24 @@ def setup_accelerator(config: TrainConfig) -> Accelerator:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
     )
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and not torch.cuda.is_available():
-        # DeepSpeed on CPU: create the gloo process group first, or accelerate and
-        # DeepSpeed disagree on the world size and the batch-size check fails.
+    deepspeed = using_deepspeed()
+    if deepspeed and not torch.cuda.is_available():
+        # DeepSpeed on CPU (DS_ACCELERATOR=cpu): create the gloo process group first, or
+        # accelerate and DeepSpeed disagree on the world size and the batch-size check fails.
         PartialState(backend="gloo")
     accelerator = Accelerator(
-        cpu=no_accelerator(),
+        # accelerate selects DeepSpeed only outside CPU mode; on a CPU the gloo group
+        # above already joins the ranks.
+        cpu=no_accelerator() and not deepspeed,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=config.output_dir,
     )
+    deepspeed_plugin = accelerator.deepspeed_plugin
+    if deepspeed_plugin is not None and deepspeed_plugin.is_auto("gradient_clipping"):
+        # Else accelerate fills in its own 1.0, whatever --max_grad_norm says.
+        deepspeed_plugin.fill_match("gradient_clipping", gradient_clipping=config.max_grad_norm)
     set_seed(config.seed)
     if config.report_to != "none":
         accelerator.init_trackers("spamfilter", config=_scalars(config.__dict__))
@@ -103,6 +120,11 @@ def setup_accelerator(config: TrainConfig) -> Accelerator:
         main_process_only=True,
     )
     return accelerator
+
+
+def using_deepspeed() -> bool:
+    """Launched with a DeepSpeed accelerate config (``accelerate launch`` sets this variable)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def no_accelerator() -> bool:
@@ -148,7 +170,17 @@ def setup_data(config: TrainConfig, accelerator: Accelerator):
     return splits, data.fingerprint(splits)
 
 
-def setup_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+def defined_by_deepspeed(accelerator: Accelerator, section: str) -> bool:
+    """Whether the DeepSpeed config has this block ("optimizer", "scheduler").
+
+    DeepSpeed then builds it, and the script hands accelerate a placeholder carrying our
+    values for the block's "auto" fields.
+    """
+    plugin = accelerator.deepspeed_plugin
+    return plugin is not None and section in plugin.deepspeed_config
+
+
+def setup_optimizer(model, config: TrainConfig, accelerator: Accelerator):
     no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
     parameters = list(model.named_parameters())
     groups = [
@@ -158,12 +190,21 @@ def setup_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
         },
         {"params": [p for n, p in parameters if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
+    if defined_by_deepspeed(accelerator, "optimizer"):
+        return DummyOptim(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
 def training_plan(config: TrainConfig, accelerator: Accelerator, batches_per_epoch: int) -> dict:
-    """Optimizer steps per epoch, total steps and epochs, printed so the arithmetic is visible."""
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    """Optimizer steps per epoch, total steps and epochs, printed so the arithmetic is visible.
+
+    ``batches_per_epoch`` counts the unprepared loader: accelerate deals its batches out to
+    the processes in turn, padding the last round, so each process sees
+    ceil(batches / processes). (Known before ``prepare``, which under DeepSpeed must take
+    the scheduler, and so the step count, along with the model.)
+    """
+    per_process = math.ceil(batches_per_epoch / accelerator.num_processes)
+    steps_per_epoch = math.ceil(per_process / config.gradient_accumulation_steps)
     if config.max_steps > 0:
         total_steps = config.max_steps
         epochs = math.ceil(total_steps / steps_per_epoch)
@@ -196,12 +237,25 @@ def training_plan(config: TrainConfig, accelerator: Accelerator, batches_per_epo
 
 
 def setup_scheduler(optimizer, plan: dict, accelerator: Accelerator, config: TrainConfig):
-    # The prepared scheduler advances once per process for every optimizer step, so its
-    # horizon is counted in process-steps.
-    total = plan["total_steps"] * accelerator.num_processes
-    return get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=int(total * config.warmup_ratio), num_training_steps=total
-    )
+    """Linear warm-up and decay: ours, or the DeepSpeed config's (then DeepSpeed steps it)."""
+    steps = plan["total_steps"]
+    warmup = int(steps * config.warmup_ratio)
+    if defined_by_deepspeed(accelerator, "scheduler"):
+        # accelerate divides total_num_steps by the process count, not warmup_num_steps.
+        return DummyScheduler(
+            optimizer, total_num_steps=steps * accelerator.num_processes, warmup_num_steps=warmup
+        )
+    if isinstance(optimizer, DummyOptim):  # DeepSpeed steps it once per optimizer step
+        return DummyScheduler(
+            optimizer,
+            lr_scheduler_callable=lambda built: get_linear_schedule_with_warmup(
+                built, warmup, steps
+            ),
+        )
+    # accelerate advances a scheduler it wraps once per process for every optimizer step,
+    # so this horizon is counted in process-steps.
+    processes = accelerator.num_processes
+    return get_linear_schedule_with_warmup(optimizer, warmup * processes, steps * processes)
 
 
 def resume(config: TrainConfig, accelerator: Accelerator) -> checkpoint.Progress:
@@ -384,7 +438,11 @@ def finish(
 
 
 def log_parameter_checksum(accelerator: Accelerator, model) -> None:
-    """Each rank logs a checksum of its weights: under DDP they must all agree."""
+    """Each rank logs a checksum of its weights: under DDP they must all agree.
+
+    Under ZeRO-3 a rank holds whole only the small parameters DeepSpeed keeps unpartitioned,
+    so there the figure is partial; the model directory has the gathered weights.
+    """
     with torch.no_grad():
         total = sum(p.double().sum().item() for p in accelerator.unwrap_model(model).parameters())
     logger.info(

@@ -34,12 +34,18 @@ def save_model_directory(
     """Weights (gathered from every rank, ZeRO-3 included), tokenizer and spamfilter.json.
 
     ``get_state_dict`` must run on every rank: under ZeRO-3 it is a collective gather.
+    Weights keep the model's own parameter names (``save_original_format=False``): a model
+    loaded under ZeRO-3 would otherwise be saved with BERT's legacy ``LayerNorm.gamma/beta``
+    names, since transformers (5.23) records every legacy renaming it knows as applied there.
     """
     directory = Path(config.output_dir)
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(
-            directory, state_dict=state_dict, save_function=accelerator.save
+            directory,
+            state_dict=state_dict,
+            save_function=accelerator.save,
+            save_original_format=False,
         )
         tokenizer.save_pretrained(directory)
         card = ModelCard(

@@ -44,10 +44,21 @@ def tokenize(
 
 
 def loaders(
-    features: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, config: TrainConfig
+    features: datasets.DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig,
+    fixed_shape: bool = False,
 ) -> dict[str, DataLoader]:
-    """Shuffled training batches and ordered evaluation batches, padded per batch."""
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    """Shuffled training batches and ordered evaluation batches, padded per batch.
+
+    ``fixed_shape`` pads every batch to ``max_length`` instead: XLA (TPU) compiles a graph
+    per input shape, and per-batch lengths would make it recompile over and over.
+    """
+    collate = (
+        DataCollatorWithPadding(tokenizer, padding="max_length", max_length=config.max_length)
+        if fixed_shape
+        else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    )
     result = {}
     for name, split in features.items():
         training = name == "train"
