@@ -280,3 +280,35 @@ def test_deepspeed_defined_optimizer_and_scheduler(runs, tiny_base_model, synthe
     peak = rates.index(max(rates))
     assert max(rates) == pytest.approx(3e-3)
     assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < max(rates)
+
+
+# --- on GPUs (opt-in: -m gpu; not run where this was written, no GPU was lent) -----------------
+
+
+@pytest.mark.gpu
+def test_gpu_zero3_bf16_tracks_ddp_and_its_directory_serves(
+    tiny_base_model, synthetic_corpus, tmp_path
+):
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        pytest.skip("needs a CUDA device")
+    on_gpus = ("--num_processes", str(gpus), "--mixed_precision", "bf16")
+    outputs = {}
+    for name, config in (
+        ("ddp", "multi_gpu_ddp.yaml" if gpus > 1 else "single_gpu.yaml"),
+        ("zero3", "deepspeed_zero3.yaml"),
+    ):
+        outputs[name] = tmp_path / name
+        launch(
+            config,
+            *small_run(tiny_base_model, synthetic_corpus, outputs[name], *TRAIN_STEPS),
+            extra_launch=(*on_gpus, "--main_process_port", _free_port()),
+        )
+    for ours, theirs in zip(_log(outputs["zero3"]), _log(outputs["ddp"]), strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=2e-2), ours["step"]  # bf16
+    card = read_card(outputs["zero3"])
+    test_split = data.split_dataset(data.load_source(str(synthetic_corpus)))["test"]
+    scores = Classifier(outputs["zero3"]).score_raw(test_split["raw"])
+    rescored = evaluation.summary(test_split["label"], scores, card.thresholds.tag)
+    assert rescored["n"] == card.metrics["test"]["n"]
+    assert rescored["roc_auc"] == pytest.approx(card.metrics["test"]["roc_auc"], abs=0.02)
