@@ -81,6 +81,13 @@ def test_parse_keeps_known_attributes_and_refuses_the_rest():
     assert xforward.parse("").startswith("501")
 
 
+def test_xforward_has_its_own_call_limit_of_two_per_message():
+    """Under "*" (RSET, EHLO...) Postfix's one or two per message would use it up."""
+    limits = {"MAIL": 10, "*": 30}
+    protocol = xforward.XForwardSMTP(Ham(), None, command_call_limit=limits)
+    assert protocol._call_limit_base == {"XFORWARD": 20, **limits}
+
+
 def test_xforward_is_advertised_accepted_and_passed_to_the_next_hop(rig):
     received, captured, port = rig
     with smtplib.SMTP(LOCALHOST, port, timeout=WAIT) as client:

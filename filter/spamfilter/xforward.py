@@ -25,7 +25,7 @@ from typing import Any
 from aiosmtpd.smtp import syntax
 
 from spamfilter.relay import RelayError, SmtpNextHop
-from spamfilter.session import FilterSession, FilterSMTP
+from spamfilter.session import FilterSession, FilterSMTP, Gate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ def parse(argument: str) -> dict[str, str] | str:
 
 class XForwardSMTP(FilterSMTP):
     """``FilterSMTP`` that accepts XFORWARD and hands it to the next hop."""
+
+    def __init__(self, handler: object, gate: Gate, **settings: Any) -> None:
+        limits = settings.get("command_call_limit")
+        if isinstance(limits, dict) and "MAIL" in limits:
+            # Postfix sends XFORWARD once or twice per message (long values are split);
+            # counted under "*" with RSET and EHLO, it would end busy sessions early.
+            settings["command_call_limit"] = {"XFORWARD": 2 * limits["MAIL"], **limits}
+        super().__init__(handler, gate, **settings)
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         """Advertise XFORWARD after the handler has built the EHLO reply lines."""
