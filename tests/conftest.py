@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One BLAS/OpenMP thread per process: the suite runs a daemon, a sink and clients at once
+# on 2 cores, and OpenMP threads spinning against each other there made steps 10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
