@@ -164,7 +164,10 @@ class FilterHandler:
     async def _score(self, raw: bytes, timeout: float) -> float | None:
         """P(spam), or None when scoring failed (Overloaded propagates: that is a 451)."""
         try:
-            return await asyncio.wait_for(self.scorer.score(raw), timeout)
+            score = await asyncio.wait_for(self.scorer.score(raw), timeout)
+            if not 0.0 <= score <= 1.0:  # NaN too: a broken model must not wave mail through
+                raise ValueError(f"the model returned {score!r}, not a probability")
+            return score
         except Overloaded:
             raise
         except TimeoutError:
