@@ -405,12 +405,12 @@ async def send_load(port: int, messages: Sequence[bytes], clients: int) -> list[
 
 def numbered_message(index: int, size: int = 600) -> bytes:
     """A message that names itself (``Message-ID: <index@load>``), about ``size`` bytes."""
-    body = (b"meeting notes and the quarterly report " * (size // 40 + 1))[:size]
+    line = b"meeting notes and the quarterly report, with the figures\r\n"  # 58 bytes
+    body = line * (size // len(line) + 1)
     return (
         f"From: load <load@example.org>\r\nSubject: load {index}\r\n"
         f"Message-ID: <{index}@load>\r\n\r\n".encode()
         + body
-        + b"\r\n"
     )
 
 
@@ -423,3 +423,84 @@ def lost(outcomes: Sequence[Outcome], deliveries: Sequence[Delivery]) -> list[in
     """Messages answered 250 that the sink does not hold exactly once (must be empty)."""
     held = collections.Counter(delivered_ids(deliveries))
     return [o.index for o in outcomes if o.code == 250 and held[o.index] != 1]
+
+
+# A misbehaving next hop ---------------------------------------------------------------------
+@dataclass
+class NextHopScript:
+    """What a scripted next hop says, and where in the message it stops."""
+
+    greeting: bytes = b"220 hop ESMTP"
+    data_reply: bytes = b"250 2.0.0 queued"
+    cut_after: int | None = None  # close the connection after this many message bytes
+    stall_after: int | None = None  # stop reading and answering after this many
+
+
+@dataclass
+class NextHopLog:
+    received: list[bytearray] = field(default_factory=list)  # message bytes per DATA
+    open_connections: int = 0
+
+
+@contextmanager
+def scripted_next_hop(script: NextHopScript) -> Iterator[tuple[NextHopLog, int]]:
+    """A minimal SMTP server (250 to every command) that misbehaves as ``script`` says."""
+    hop = NextHopLog()
+    runner = LoopThread()
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hop.open_connections += 1
+        try:
+            writer.write(script.greeting + b"\r\n")
+            while script.greeting.startswith(b"220") and (line := await reader.readline()):
+                if line[:4].upper() == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    break
+                if line[:4].upper() != b"DATA":
+                    writer.write(b"250 ok\r\n")
+                    continue
+                writer.write(b"354 go on\r\n")
+                if not await receive(reader, writer):
+                    break
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            hop.open_connections -= 1
+
+    async def receive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read one message; False where the script ends the connection."""
+        data = bytearray()
+        hop.received.append(data)
+        while not data.endswith(b"\r\n.\r\n"):
+            chunk = await reader.read(4096)
+            if not chunk:
+                return False
+            data += chunk
+            if script.cut_after is not None and len(data) >= script.cut_after:
+                return False
+            if script.stall_after is not None and len(data) >= script.stall_after:
+                while await reader.read(4096):  # silent until the filter gives up
+                    pass
+                return False
+        writer.write(script.data_reply + b"\r\n")
+        return True
+
+    server = runner.run(asyncio.start_server(session, LOCALHOST, 0))
+    try:
+        yield hop, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        runner.run(server.wait_closed())
+        runner.stop()
+
+
+class ConstantScorer:
+    """A stand-in model: every message scores ``score`` (these tests are about the daemon)."""
+
+    def __init__(self, score: float = 0.1) -> None:
+        self.score = score
+
+    def score_raw(self, messages: Sequence[bytes]) -> list[float]:
+        return [self.score] * len(messages)
