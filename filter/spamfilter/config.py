@@ -44,6 +44,24 @@ class FilterConfig:
     hostname: str = field(
         default="", metadata=_help("name in the SMTP greeting; empty: this host's name")
     )
+    tls_cert: str = field(
+        default="", metadata=_help("PEM certificate (chain) offered with STARTTLS; empty: none")
+    )
+    tls_key: str = field(default="", metadata=_help("PEM private key of tls_cert"))
+    require_starttls: bool = field(
+        default=False,
+        metadata=_help("530 to every command but EHLO/NOOP/QUIT before STARTTLS (needs tls_cert)"),
+    )
+    auth_file: str = field(
+        default="",
+        metadata=_help(
+            "'user:scrypt$...' lines (python -m spamfilter.access USER): AUTH PLAIN/LOGIN "
+            "after STARTTLS (needs tls_cert); empty: no AUTH"
+        ),
+    )
+    auth_required: bool = field(
+        default=False, metadata=_help("530 to MAIL before a successful AUTH (needs auth_file)")
+    )
     tag_threshold: float | None = field(
         default=None, metadata=_help("score at or above which mail is tagged; empty: model's")
     )
@@ -145,6 +163,7 @@ class FilterConfig:
         for name in (*counts, "max_connections", "max_messages_per_session"):
             if getattr(self, name) < 1:
                 problems.append(f"'{name}' must be at least 1")
+        problems += self._access_problems()
         if not self.subject_tag.isascii():
             problems.append("'subject_tag' must be ASCII (it goes into the raw Subject header)")
         if self.session_timeout <= self.score_timeout + self.relay_timeout:
@@ -154,3 +173,13 @@ class FilterConfig:
                 "could be cut off while its message is being relayed"
             )
         return problems
+
+    def _access_problems(self) -> list[str]:
+        """TLS and AUTH settings that depend on each other (see access.py)."""
+        needs = [
+            ("tls_key", bool(self.tls_cert) != bool(self.tls_key), "tls_cert and tls_key"),
+            ("require_starttls", self.require_starttls and not self.tls_cert, "tls_cert"),
+            ("auth_file", self.auth_file and not self.tls_cert, "tls_cert (no AUTH in clear)"),
+            ("auth_required", self.auth_required and not self.auth_file, "auth_file"),
+        ]
+        return [f"'{name}' needs {needed}" for name, wrong, needed in needs if wrong]

@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from spamfilter import settings
+from spamfilter import access, settings
 from spamfilter.batcher import MicroBatcher
 from spamfilter.classifier import Classifier, Scorer
 from spamfilter.config import FilterConfig, parse_hostport
@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "SPAMFILTER_"
 # Settings bound at start-up (sockets, the loaded model, the scoring thread).
-RESTART_ONLY = ("model", "listen", "metrics_listen", "precision", "threads", "queue_size")
+RESTART_ONLY = (
+    *("model", "listen", "metrics_listen", "precision", "threads", "queue_size"),
+    *("tls_cert", "tls_key", "auth_file"),
+)
 SHUTDOWN_REPLY = "421 4.3.2 The filter is shutting down, try again later"
 
 
@@ -70,6 +73,10 @@ class FilterDaemon:
         self.model_id = model_id(config.model)
         self.rules = build_rules(config, self.model_id)
         self.gate = Gate(config.allowed_networks, config.max_connections, self.metrics)
+        self.tls_context = (
+            access.tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+        )
+        self.authenticator = access.PasswordFile(config.auth_file) if config.auth_file else None
 
     # 2. start ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,6 +120,10 @@ class FilterDaemon:
             decode_data=False,  # keep the bytes as sent
             hostname=config.hostname or socket.gethostname(),
             timeout=config.session_timeout,
+            tls_context=self.tls_context,
+            require_starttls=config.require_starttls,
+            authenticator=self.authenticator,
+            auth_required=config.auth_required,
             command_call_limit={
                 "MAIL": messages,
                 "DATA": messages,
