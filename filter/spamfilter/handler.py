@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ QUARANTINE_FAILED = Reply(451, ("4.3.0 the quarantine cannot store the message n
 INTERNAL_ERROR = Reply(451, ("4.3.0 internal error in the filter, try again later",))
 NO_NEXT_HOP = Reply(451, ("4.4.2 next hop: connection lost during this transaction",))
 TOO_MANY_RECIPIENTS = Reply(452, ("4.5.3 too many recipients",))
+# A NUL or CR inside an address would reach the next hop inside our command line, where
+# a C string ends at the NUL (another address than the one logged) or a lenient parser
+# takes the CR for a line end (a smuggled command). aiosmtpd lets both through.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+BAD_SENDER = Reply(501, ("5.1.7 control characters in the sender address or parameters",))
+BAD_RECIPIENT = Reply(501, ("5.1.3 control characters in the recipient address or parameters",))
 
 
 class AsyncScorer(Protocol):
@@ -90,6 +97,8 @@ class FilterHandler:
     ) -> str:
         if not self.accepting:
             return str(SHUTTING_DOWN)
+        if _CONTROL.search(" ".join([address, *mail_options])):
+            return str(BAD_SENDER)
         await self._end_transaction(session)  # e.g. after a DATA that aiosmtpd refused (552)
         try:
             if session.next_hop is None:
@@ -113,6 +122,8 @@ class FilterHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.rules.max_recipients:
             return str(TOO_MANY_RECIPIENTS)
+        if _CONTROL.search(" ".join([address, *rcpt_options])):
+            return str(BAD_RECIPIENT)
         if session.next_hop is None:
             return str(NO_NEXT_HOP)
         try:
