@@ -289,9 +289,16 @@ class RawSession:
         self.sock.sendall(data)
 
     def reply(self) -> tuple[int, bytes]:
-        """The next (multi-line) reply: (code, text of its last line); (0, b'') at EOF."""
+        """The next (multi-line) reply: (code, text of its last line); (0, b'') once closed.
+
+        A server that closes with the client's data unread resets the connection (RST):
+        that counts as closed too.
+        """
         while True:
-            line = self.stream.readline()
+            try:
+                line = self.stream.readline()
+            except ConnectionResetError:
+                line = b""
             if not line:
                 return 0, b""
             if line[3:4] != b"-":

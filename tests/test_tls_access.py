@@ -6,7 +6,6 @@ A self-signed certificate is made with the openssl command line in a temporary d
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import smtplib
 import ssl
@@ -157,8 +156,7 @@ def test_not_an_open_relay_a_client_outside_the_networks_gets_554_before_any_com
             b"EHLO x\r\nAUTH PLAIN " + plain + b"\r\nMAIL FROM:<s@x.org>\r\n"
             b"RCPT TO:<victim@y.net>\r\nDATA\r\n" + data_block(MESSAGE)
         )
-        with contextlib.suppress(ConnectionResetError):  # the 554 may be lost to the reset
-            assert hasty.reply()[0] in (554, 0)
+        assert hasty.reply()[0] in (554, 0)  # the 554 may be lost to the reset
     with connect(port) as insider:  # 127.0.0.1 is still served
         assert insider.command(b"EHLO client.test")[0] == 250
     assert captured.commands == []
