@@ -14,6 +14,7 @@ Needs the ``onnx`` extra: ``pip install 'spamfilter[onnx]'``.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,11 @@ INPUTS = ("input_ids", "attention_mask")
 
 
 def export_onnx(model_dir: str | Path) -> dict[str, Path]:
-    """Export ``model_dir``'s weights to both ONNX files; return their paths by precision."""
+    """Export ``model_dir``'s weights to both ONNX files; return their paths by precision.
+
+    Each file is written under a temporary name and renamed into place, so a filter
+    starting beside an export never opens half a file.
+    """
     import onnx
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -40,6 +45,9 @@ def export_onnx(model_dir: str | Path) -> dict[str, Path]:
 
     directory = Path(model_dir)
     paths = {precision: directory / name for precision, name in FILES.items()}
+    partial = {
+        precision: path.with_name(f".{path.name}.partial") for precision, path in paths.items()
+    }
     model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
     example = torch.ones(2, 8, dtype=torch.long)  # shapes are dynamic: any example will do
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"logits": {0: "batch"}}
@@ -50,19 +58,20 @@ def export_onnx(model_dir: str | Path) -> dict[str, Path]:
         torch.onnx.export(
             model,
             (example, example),
-            paths["onnx-fp32"],
+            partial["onnx-fp32"],
             input_names=list(INPUTS),
             output_names=["logits"],
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
         )
-        quantize_dynamic(paths["onnx-fp32"], paths["onnx-int8"], weight_type=QuantType.QInt8)
+        quantize_dynamic(partial["onnx-fp32"], partial["onnx-int8"], weight_type=QuantType.QInt8)
     source = model_id(directory)
-    for path in paths.values():
-        proto = onnx.load(path)
+    for precision, path in paths.items():
+        proto = onnx.load(partial[precision])
         onnx.helper.set_model_props(proto, {MODEL_ID_KEY: source})
-        onnx.save(proto, path)
+        onnx.save(proto, partial[precision])
+        os.replace(partial[precision], path)
     log.info("exported %s to %s", source, ", ".join(str(path) for path in paths.values()))
     return paths
 
