@@ -123,11 +123,16 @@ def sink(behaviour: SinkBehaviour | None = None) -> Iterator[tuple[SinkHandler, 
 
         return await runner.loop.create_server(protocol, LOCALHOST, 0)
 
+    async def close() -> None:
+        server.close()
+
     server = runner.run(start())
     try:
         yield handler, server.sockets[0].getsockname()[1]
     finally:
-        server.close()
+        # On the loop's own thread: asyncio.Server is not thread-safe, and closing it
+        # from here raced with the loop finishing a connection (seen under SIGKILL load).
+        runner.run(close())
         runner.stop()
 
 
