@@ -105,6 +105,19 @@ class LoopThread:
     def run(self, coroutine, timeout: float = WAIT):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    def close(self, server: asyncio.Server) -> None:
+        """Close ``server`` on the loop's own thread, then stop the loop.
+
+        asyncio.Server is not thread-safe: closing it from the test thread raced with the
+        loop finishing a connection (seen under SIGKILL load in a clean-clone CI run).
+        """
+
+        async def close() -> None:
+            server.close()
+
+        self.run(close())
+        self.stop()
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(WAIT)
@@ -123,17 +136,11 @@ def sink(behaviour: SinkBehaviour | None = None) -> Iterator[tuple[SinkHandler, 
 
         return await runner.loop.create_server(protocol, LOCALHOST, 0)
 
-    async def close() -> None:
-        server.close()
-
     server = runner.run(start())
     try:
         yield handler, server.sockets[0].getsockname()[1]
     finally:
-        # On the loop's own thread: asyncio.Server is not thread-safe, and closing it
-        # from here raced with the loop finishing a connection (seen under SIGKILL load).
-        runner.run(close())
-        runner.stop()
+        runner.close(server)
 
 
 def filter_config(model_dir: Path, relay_port: int, **changes) -> FilterConfig:
@@ -503,9 +510,7 @@ def scripted_next_hop(script: NextHopScript) -> Iterator[tuple[NextHopLog, int]]
     try:
         yield hop, server.sockets[0].getsockname()[1]
     finally:
-        server.close()
-        runner.run(server.wait_closed())
-        runner.stop()
+        runner.close(server)
 
 
 class ConstantScorer:

@@ -58,8 +58,7 @@ def xforward_sink() -> Iterator[tuple[list[str], SinkHandler, int]]:
     try:
         yield received, handler, server.sockets[0].getsockname()[1]
     finally:
-        server.close()
-        runner.stop()
+        runner.close(server)
 
 
 @pytest.fixture
