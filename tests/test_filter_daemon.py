@@ -19,6 +19,7 @@ from filtersupport import (
     daemon_process,
     filter_config,
     send,
+    serve_args,
     sink,
     spam_headers,
     wait_for,
@@ -64,18 +65,7 @@ def test_sighup_reloads_thresholds_and_keeps_them_when_the_new_config_is_bad(
     config = tmp_path / "filter.yaml"
     config.write_text("subject_tag: ''\n")
     with sink() as (captured, sink_port):
-        args = [
-            "--model",
-            str(model),
-            "--config",
-            str(config),
-            "--listen",
-            f"{LOCALHOST}:0",
-            "--relay",
-            f"{LOCALHOST}:{sink_port}",
-            "--metrics-listen",
-            "",
-        ]
+        args = serve_args(model, sink_port, "--config", str(config))
         with daemon_process(args) as (process, port, log):
             send(port, SPAM)
             card = read_card(model)
@@ -143,16 +133,7 @@ def told_to_go(session: smtplib.SMTP) -> bool:
 
 def test_the_daemon_logs_one_line_per_message(tiny_model_dir):
     with sink() as (_, sink_port):
-        args = [
-            "--model",
-            str(tiny_model_dir),
-            "--listen",
-            f"{LOCALHOST}:0",
-            "--relay",
-            f"{LOCALHOST}:{sink_port}",
-            "--metrics-listen",
-            "",
-        ]
+        args = serve_args(tiny_model_dir, sink_port)
         with daemon_process(args) as (process, port, log):
             send(port, SPAM, ["a@example.net", "b@example.net"])
             wait_for(lambda: any("verdict=" in line for line in log))
