@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[train,deepspeed,eval,onnx,dev]'
+	$(BIN)/pip install -q -e '.[train,deepspeed,eval,dev]'
 	touch $@
 
 demo: setup

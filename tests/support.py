@@ -17,6 +17,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from spamfilter.classifier import encode
 from spamfilter.mailtext import email_to_text
 from spamfilter.modeldir import LABELS, ModelCard, Thresholds, write_card
+from spamfilter.onnxmodel import export_onnx
 
 SPAM_WORDS = (
     "viagra cheap pills winner lottery prize claim cash free offer click unsubscribe "
@@ -83,7 +84,8 @@ def make_untrained_model_dir(directory: Path) -> Path:
 
 
 def make_trained_model_dir(directory: Path, max_length: int = 64, steps: int = 60) -> Path:
-    """A tiny BERT trained on synthetic mail until it separates spam from ham, with a card."""
+    """A tiny BERT trained on synthetic mail until it separates spam from ham, with a card
+    and the ONNX files the filter serves by default: the files training writes."""
     tokenizer = make_tokenizer(directory)
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(len(tokenizer)))
@@ -106,4 +108,5 @@ def make_trained_model_dir(directory: Path, max_length: int = 64, steps: int = 6
         directory,
         ModelCard(max_length=max_length, thresholds=Thresholds(tag=0.5), base_model="tiny-bert"),
     )
+    export_onnx(directory)
     return directory

@@ -51,29 +51,40 @@ def test_onnx_scores_do_not_depend_on_the_batch(model_dir):
     assert np.allclose(classifier.score_texts(texts, batch_size=5), one_by_one, atol=1e-5)
 
 
-def test_export_onnx_command_writes_both_files_tagged_with_the_weights(capsys, model_dir):
+def test_export_onnx_command_writes_both_files_tagged_with_weights_and_recipe(capsys, model_dir):
+    import onnx
+
     assert cli.main(["export-onnx", "--model", str(model_dir)]) == 0
     printed = capsys.readouterr().out
     for precision, name in onnxmodel.FILES.items():
         assert f"{precision}: {model_dir / name}" in printed
-        runner = onnxmodel.OnnxRunner(model_dir, precision)
-        assert runner.session.get_modelmeta().custom_metadata_map[onnxmodel.MODEL_ID_KEY] == (
-            Classifier(model_dir).model_id
-        )
+        properties = onnxmodel.OnnxRunner(model_dir, precision).session.get_modelmeta()
+        assert properties.custom_metadata_map == {
+            onnxmodel.MODEL_ID_KEY: Classifier(model_dir).model_id,
+            onnxmodel.RECIPE_KEY: onnxmodel.RECIPE,
+        }
+    operators = {node.op_type for node in onnx.load(model_dir / "model.onnx").graph.node}
+    assert {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization"} <= operators
 
 
-def test_onnx_file_from_other_weights_is_exported_again(model_dir, fp32_scores):
+@pytest.mark.parametrize(
+    "stale", [{onnxmodel.MODEL_ID_KEY: "other@00000000"}, {onnxmodel.RECIPE_KEY: "1"}]
+)
+def test_onnx_file_from_other_weights_or_recipe_is_exported_again(model_dir, fp32_scores, stale):
     import onnx
 
     path = model_dir / onnxmodel.FILES["onnx-fp32"]
     onnxmodel.export_onnx(model_dir)
-    stale = onnx.load(path)
-    onnx.helper.set_model_props(stale, {onnxmodel.MODEL_ID_KEY: "other@00000000"})
-    onnx.save(stale, path)
+    old = onnx.load(path)
+    onnx.helper.set_model_props(old, {p.key: p.value for p in old.metadata_props} | stale)
+    onnx.save(old, path)
     scores = Classifier(model_dir, precision="onnx-fp32").score_raw(MESSAGES)
     assert np.allclose(scores, fp32_scores, atol=TOLERANCE["onnx-fp32"])
     reread = {p.key: p.value for p in onnx.load(path).metadata_props}
-    assert reread[onnxmodel.MODEL_ID_KEY] != "other@00000000"
+    assert reread == {
+        onnxmodel.MODEL_ID_KEY: Classifier(model_dir).model_id,
+        onnxmodel.RECIPE_KEY: onnxmodel.RECIPE,
+    }
 
 
 # --- baselines ----------------------------------------------------------------------------

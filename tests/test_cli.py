@@ -8,14 +8,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
 import pytest
 
 from spamfilter import cli
-from spamfilter.classifier import Precision
 from spamfilter.evaluation import at_threshold
 from spamfilter.modeldir import CARD_FILE, read_card
+from spamfilter.precision import DEFAULT_PRECISION
 from support import make_message, write_maildirs
 
 SPAMFILTER = Path(sys.executable).with_name("spamfilter")
@@ -162,7 +161,7 @@ def test_tune_meets_the_target_fpr_and_records_calibration(capsys, model_dir, la
     card = read_card(model_dir)
     assert card.calibration | {"chosen_at": None} == {
         "target_fpr": 0.05, "split": "all", "scheme": "hash", "source": str(labelled_corpus),
-        "n_ham": 44, "n_spam": 40, "precision": "fp32", "chosen_at": None,
+        "n_ham": 44, "n_spam": 40, "precision": "onnx-fp32", "chosen_at": None,
     }  # fmt: skip
     assert at_threshold(labels, scores, card.thresholds.tag)["fpr"] <= 0.05
     assert "| <- |" in out and "kill -HUP" in out
@@ -184,13 +183,46 @@ def test_tune_without_the_training_layer_says_what_to_install(capsys, model_dir,
     assert "pip install 'spamfilter[train]'" in err
 
 
-def _score_corpus(model_dir: Path, root: Path) -> tuple[list[int], list[float]]:
-    """Scores as tune computes them (same rows, same batches), so ties stay ties."""
+def test_tune_for_a_lossy_precision_keeps_fp32_thresholds(
+    capsys, model_dir, labelled_corpus, messages
+):
+    labels, scores = _score_corpus(model_dir, labelled_corpus, precision="int8")
+    argv = ["threshold", "tune", "--model", model_dir, "--data", labelled_corpus]
+    code, _, _ = run(capsys, *argv, "--split", "all", "--target-fpr", "0.05", "--precision", "int8")
+    assert code == 0
+    card = read_card(model_dir)
+    assert card.thresholds.tag == 0.5  # fp32's (and onnx-fp32's) are untouched
+    int8 = card.thresholds_for("int8").tag
+    assert int8 != 0.5 and at_threshold(labels, scores, int8)["fpr"] <= 0.05
+    assert card.calibration["precisions"]["int8"]["target_fpr"] == 0.05
+    _, out, _ = run(capsys, "threshold", "show", "--model", model_dir)
+    assert f"int8:\n    tag: {int8}" in out
+    argv = ["classify", "--model", model_dir, "--precision", "int8", "--json", messages["spam"]]
+    verdict = json.loads(run(capsys, *argv)[1])
+    assert verdict["verdict"] == ("spam" if verdict["score"] >= int8 else "ham")
+
+
+def test_threshold_set_for_a_precision_leaves_the_others(capsys, model_dir):
+    code, out, _ = run(capsys, "threshold", "set", "0.7", "--precision", "onnx-int8",
+                       "--model", model_dir)  # fmt: skip
+    assert code == 0 and "for onnx-int8 scores set to 0.7" in out
+    card = read_card(model_dir)
+    assert (card.thresholds_for("onnx-int8").tag, card.thresholds_for("onnx-fp32").tag) == (
+        0.7,
+        0.5,
+    )
+
+
+def _score_corpus(
+    model_dir: Path, root: Path, precision: str = DEFAULT_PRECISION
+) -> tuple[list[int], list[float]]:
+    """Scores as tune computes them (same rows, batches, precision), so ties stay ties."""
     from spamfilter.classifier import Classifier
     from spamfilter.labelled import load_labelled, score_dataset
 
     dataset = load_labelled(str(root), split="all")
-    return dataset["label"], score_dataset(Classifier(model_dir), dataset).tolist()
+    classifier = Classifier(model_dir, precision=precision)
+    return dataset["label"], score_dataset(classifier, dataset).tolist()
 
 
 # --- eval ---------------------------------------------------------------------------------
@@ -220,10 +252,6 @@ def test_eval_writes_metrics_plots_and_report(capsys, tiny_model_dir, labelled_c
 
 
 # --- wiring -------------------------------------------------------------------------------
-
-
-def test_precision_choices_are_the_classifiers():
-    assert get_args(Precision) == cli.PRECISIONS
 
 
 def test_serve_help_comes_from_the_daemon(capsys):

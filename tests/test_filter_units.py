@@ -80,6 +80,19 @@ def test_thresholds_come_from_the_card_unless_configured():
     assert policy(tag_threshold=0.7).tag == 0.7
 
 
+def test_thresholds_tuned_for_the_serving_precision_are_used():
+    card = ModelCard(
+        max_length=64,
+        thresholds=Thresholds(tag=0.5),
+        precision_thresholds={"onnx-int8": Thresholds(tag=0.8)},
+    )
+    tags = {
+        precision: Policy.build(FilterConfig(model="m", precision=precision), card, "m@1").tag
+        for precision in ("onnx-fp32", "fp32", "onnx-int8")
+    }
+    assert tags == {"onnx-fp32": 0.5, "fp32": 0.5, "onnx-int8": 0.8}
+
+
 @pytest.mark.parametrize(
     ("score", "verdict"),
     [

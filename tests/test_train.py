@@ -56,7 +56,8 @@ def test_single_process_writes_a_servable_model_directory(
         "cpu.yaml", *small_run(tiny_base_model, synthetic_corpus, output, "--num_train_epochs", "3")
     )
     assert "1 process(es)" in result.stderr
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "spamfilter.json"):
+    files = ("config.json", "model.safetensors", "tokenizer.json", "spamfilter.json")
+    for name in (*files, "model.onnx", "model.int8.onnx"):
         assert (output / name).is_file(), name
     card = read_card(output)
     assert card.max_length == 64
@@ -67,9 +68,15 @@ def test_single_process_writes_a_servable_model_directory(
     assert card.training["config"]["data"] == str(synthetic_corpus)
     assert len(card.training["data_fingerprint"]) >= 8
     assert card.training["train_samples_per_second"] > 0
-    # The filter's classifier and a plain transformers pipeline both serve it.
-    scores = Classifier(output).score_raw([make_message(1, 500), make_message(0, 500)])
+    # The filter's classifier (ONNX as exported by training, and PyTorch) and a plain
+    # transformers pipeline all serve it.
+    exported = (output / "model.onnx").stat().st_mtime_ns
+    messages = [make_message(1, 500), make_message(0, 500)]
+    scores = Classifier(output).score_raw(messages)
     assert scores[0] > scores[1]
+    onnx_scores = Classifier(output, precision="onnx-fp32").score_raw(messages)
+    assert onnx_scores == pytest.approx(scores, abs=1e-4)
+    assert (output / "model.onnx").stat().st_mtime_ns == exported  # current: not exported again
     from transformers import pipeline
 
     assert pipeline("text-classification", model=str(output))("cheap pills")[0]["label"] in (

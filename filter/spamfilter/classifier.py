@@ -13,19 +13,25 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from spamfilter.mailtext import email_to_text
-from spamfilter.modeldir import SPAM_LABEL, ModelCard, ModelDirError, model_id, read_card
+from spamfilter.modeldir import (
+    SPAM_LABEL,
+    ModelCard,
+    ModelDirError,
+    Thresholds,
+    load_model,
+    model_id,
+    read_card,
+)
+from spamfilter.precision import Precision
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"]
 
 
 class Scorer(Protocol):
@@ -47,21 +53,37 @@ def encode(
 ) -> dict[str, list[list[int]]]:
     """Token ids for ``texts``, unpadded, at most ``max_length`` each.
 
-    With ``tail_tokens`` > 0 a long text keeps its first ``max_length - 2 - tail_tokens``
-    tokens and its last ``tail_tokens`` (spam often hides its pitch below a decoy head).
+    With ``tail_tokens`` > 0 a long text keeps the head of its tokens and its last
+    ``tail_tokens`` (spam often hides its pitch below a decoy head), between the special
+    tokens the tokenizer puts around every text.
     """
     if tail_tokens <= 0:
         return tokenizer(list(texts), truncation=True, max_length=max_length)
-    if tail_tokens >= max_length - 2:
-        raise ValueError(f"tail_tokens ({tail_tokens}) must be below max_length - 2")
+    prefix, suffix = special_affixes(tokenizer)
+    room = max_length - len(prefix) - len(suffix)
+    if tail_tokens >= room:
+        raise ValueError(f"tail_tokens ({tail_tokens}) must be below {room} for this tokenizer")
     body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    head = max_length - 2 - tail_tokens
     ids = []
     for tokens in body:
-        if len(tokens) > max_length - 2:
-            tokens = tokens[:head] + tokens[-tail_tokens:]
-        ids.append(tokenizer.build_inputs_with_special_tokens(tokens))
+        if len(tokens) > room:
+            tokens = tokens[: room - tail_tokens] + tokens[-tail_tokens:]
+        ids.append([*prefix, *tokens, *suffix])
     return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text: ([CLS], [SEP]) for BERT.
+
+    Read from the tokenizer's own output, since not every tokenizer class has
+    ``build_inputs_with_special_tokens`` (transformers 5's tokenizers-backed ones do not).
+    """
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise ValueError(f"{type(tokenizer).__name__}: cannot find the text among its special tokens")
 
 
 class Classifier:
@@ -94,6 +116,11 @@ class Classifier:
             self.runner = TorchRunner(self.model_dir, precision, threads, device)
         self.model_id = model_id(self.model_dir)
         self._lock = threading.Lock()
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The card's thresholds for this classifier's precision."""
+        return self.card.thresholds_for(self.precision)
 
     def score_texts(self, texts: Sequence[str], batch_size: int = 32) -> list[float]:
         """P(spam) for each model text, in input order."""
@@ -128,11 +155,7 @@ class TorchRunner:
         self.device = torch.device(device)
         if threads:
             torch.set_num_threads(threads)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        except (OSError, ValueError, SafetensorError) as error:  # missing, corrupt, truncated
-            raise ModelDirError(f"{model_dir}: cannot load model: {error}") from None
-        model.eval()
+        model = load_model(model_dir).eval()
         if precision == "int8":
             model = torch.ao.quantization.quantize_dynamic(
                 model, {torch.nn.Linear}, dtype=torch.qint8

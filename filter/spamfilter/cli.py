@@ -8,6 +8,7 @@ runs without the ``train`` extra. Errors print one line on stderr and exit with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -19,7 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from spamfilter.modeldir import CARD_FILE, ModelDirError, read_card, write_card
+from spamfilter.modeldir import (
+    CARD_FILE,
+    ModelCard,
+    ModelDirError,
+    Thresholds,
+    read_card,
+    write_card,
+)
+from spamfilter.precision import DEFAULT_PRECISION, FP32_EQUIVALENT, PRECISIONS
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -32,8 +41,6 @@ EXIT_ERROR = 2
 # false-positive rate each threshold was tuned for.
 FPR_KEYS = {"tag": "target_fpr", "reject": "reject_fpr", "quarantine": "quarantine_fpr"}
 THRESHOLD_NAMES = tuple(FPR_KEYS)
-# classifier.Precision's values, spelled out so building the parser does not import torch.
-PRECISIONS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 # baselines.NAMES, spelled out for the same reason.
 BASELINES = ("tfidf", "bogofilter", "spamassassin")
 DEFAULT_TARGET_FPR = 0.001  # training's default, for models whose card does not say
@@ -108,13 +115,18 @@ def probability(text: str) -> float:
 def add_model_arguments(parser: argparse.ArgumentParser, scoring: bool) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model directory")
     if scoring:
-        parser.add_argument(
-            "--precision",
-            choices=PRECISIONS,
-            default="fp32",
-            help="PyTorch fp32, bf16 autocast or int8 dynamic quantization; or ONNX Runtime "
-            "fp32 or int8 (onnx-*: exported into the model directory on first use)",
-        )
+        add_precision_argument(parser)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="ONNX Runtime fp32 or int8 (onnx-*: exported into the model directory if "
+        "missing), or PyTorch fp32, bf16 autocast or int8 dynamic quantization; the "
+        "thresholds used are the ones tuned for it, else fp32's",
+    )
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
@@ -163,7 +175,7 @@ def classify(args: argparse.Namespace) -> int:
     classifier = Classifier(args.model, precision=args.precision)
     names, raws = read_messages(args.messages)
     scores = classifier.score_raw(raws) if raws else []
-    tag = classifier.card.thresholds.tag
+    tag = classifier.thresholds.tag
     for name, score in zip(names, scores, strict=True):
         verdict = "spam" if score >= tag else "ham"
         if args.json:
@@ -208,6 +220,7 @@ def add_threshold_parser(commands) -> None:
     set_.add_argument("value", type=probability, help="the new threshold on P(spam), 0 < t < 1")
     add_model_arguments(set_, scoring=False)
     set_.add_argument("--which", choices=THRESHOLD_NAMES, default="tag", help="which threshold")
+    add_precision_argument(set_)
     set_.set_defaults(command=set_threshold)
 
     tune = actions.add_parser(
@@ -230,9 +243,13 @@ def add_threshold_parser(commands) -> None:
 
 def show_thresholds(args: argparse.Namespace) -> int:
     card = read_card(args.model)
-    shown = {
-        "model": str(args.model),
-        "thresholds": {name: getattr(card.thresholds, name) for name in THRESHOLD_NAMES},
+    shown: dict = {"model": str(args.model), "thresholds": named(card.thresholds)}
+    if card.precision_thresholds:
+        shown["precision_thresholds"] = {
+            precision: named(thresholds)
+            for precision, thresholds in card.precision_thresholds.items()
+        }
+    shown |= {
         "calibration": card.calibration or "not recorded",
         "metrics": card.metrics or "not recorded",
     }
@@ -240,13 +257,36 @@ def show_thresholds(args: argparse.Namespace) -> int:
     return 0
 
 
+def named(thresholds: Thresholds) -> dict[str, float | None]:
+    return {name: getattr(thresholds, name) for name in THRESHOLD_NAMES}
+
+
+def thresholds_to_change(card: ModelCard, precision: str) -> tuple[Thresholds, dict]:
+    """The thresholds a change for scores in ``precision`` goes to, and their calibration.
+
+    fp32 and its equivalents change the card's thresholds; another precision gets its own,
+    starting as a copy of fp32's.
+    """
+    if precision in FP32_EQUIVALENT:
+        return card.thresholds, card.calibration
+    if precision not in card.precision_thresholds:
+        card.precision_thresholds[precision] = dataclasses.replace(card.thresholds)
+    by_precision = card.calibration.setdefault("precisions", {})
+    return card.precision_thresholds[precision], by_precision.setdefault(precision, {})
+
+
 def set_threshold(args: argparse.Namespace) -> int:
     card = read_card(args.model)
-    setattr(card.thresholds, args.which, args.value)
-    card.calibration.pop(FPR_KEYS[args.which], None)  # no longer how this threshold was chosen
-    card.calibration[f"{args.which}_set_by_hand_at"] = now()
+    thresholds, calibration = thresholds_to_change(card, args.precision)
+    setattr(thresholds, args.which, args.value)
+    calibration.pop(FPR_KEYS[args.which], None)  # no longer how this threshold was chosen
+    calibration[f"{args.which}_set_by_hand_at"] = now()
     write_card(args.model, card)
-    print(f"{args.which} threshold set to {args.value} in {args.model / CARD_FILE}")
+    scores = " and ".join(sorted(FP32_EQUIVALENT)) if args.precision in FP32_EQUIVALENT else None
+    print(
+        f"{args.which} threshold for {scores or args.precision} scores set to {args.value} "
+        f"in {args.model / CARD_FILE}"
+    )
     print(RELOAD_HINT)
     return 0
 
@@ -264,9 +304,10 @@ def tune_threshold(args: argparse.Namespace) -> int:
         print(f"dry run: {CARD_FILE} unchanged")
         return 0
     card = read_card(args.model)  # afresh: it may have changed while we were scoring
-    setattr(card.thresholds, args.which, value)
-    card.calibration.pop(f"{args.which}_set_by_hand_at", None)
-    card.calibration |= {
+    thresholds, calibration = thresholds_to_change(card, args.precision)
+    setattr(thresholds, args.which, value)
+    calibration.pop(f"{args.which}_set_by_hand_at", None)
+    calibration |= {
         FPR_KEYS[args.which]: args.target_fpr,
         "split": args.split,
         "scheme": args.scheme,
@@ -384,7 +425,7 @@ def evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     scores = score_dataset(classifier, dataset, args.batch_size)
     seconds = time.perf_counter() - started
-    thresholds = classifier.card.thresholds
+    thresholds = classifier.thresholds
     labels = np.asarray(dataset["label"])
     model = Scored(classifier.model_id, labels, scores, thresholds.tag, 0.5, seconds)
     target_fpr = classifier.card.calibration.get("target_fpr") or DEFAULT_TARGET_FPR
@@ -467,3 +508,7 @@ def serve(argv: list[str]) -> int:
     )
     add_serve_arguments(parser)
     return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # training runs `python -m spamfilter.cli export-onnx`
+    sys.exit(main())

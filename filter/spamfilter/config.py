@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spamfilter.classifier import Precision
+from spamfilter.precision import DEFAULT_PRECISION, Precision
 
 
 def _help(text: str) -> dict[str, str]:
@@ -93,10 +93,14 @@ class FilterConfig:
         ),
     )
     precision: Precision = field(
-        default="fp32",
-        metadata=_help("model arithmetic: fp32, bf16 or int8 (dynamic quantization)"),
+        default=DEFAULT_PRECISION,
+        metadata=_help(
+            "forward pass: onnx-fp32 or onnx-int8 (ONNX Runtime), fp32, bf16 or int8 (PyTorch)"
+        ),
     )
-    threads: int = field(default=0, metadata=_help("torch CPU threads; 0: torch's default"))
+    threads: int = field(
+        default=0, metadata=_help("CPU threads for scoring; 0: the runtime's default")
+    )
     batch_size: int = field(default=8, metadata=_help("most messages scored in one model call"))
     batch_wait_ms: float = field(
         default=5.0, metadata=_help("longest wait (ms) for a batch to fill before scoring it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from spamfilter.mailtext import TEXT_VERSION
+from spamfilter.precision import FP32_EQUIVALENT
+
+log = logging.getLogger(__name__)
 
 CARD_FILE = "spamfilter.json"
 LABELS = ("ham", "spam")
@@ -54,10 +58,26 @@ class ModelCard:
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     tail_tokens: int = 0
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # Thresholds re-tuned for a scoring precision whose scores differ from fp32's
+    # (``spamfilter threshold tune --precision int8``); the others use ``thresholds``.
+    precision_thresholds: dict[str, Thresholds] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     base_model: str = ""
+
+    def thresholds_for(self, precision: str) -> Thresholds:
+        """The thresholds to apply to scores computed in ``precision``."""
+        if precision in self.precision_thresholds:
+            return self.precision_thresholds[precision]
+        if precision not in FP32_EQUIVALENT:
+            log.warning(
+                "the thresholds were calibrated on fp32 scores, not %s ones: run "
+                "'spamfilter threshold tune --precision %s' for thresholds that hold",
+                precision,
+                precision,
+            )
+        return self.thresholds
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -67,10 +87,18 @@ class ModelCard:
         try:
             data = json.loads(text)
             data["thresholds"] = Thresholds(**data.get("thresholds", {}))
+            data["precision_thresholds"] = {
+                precision: Thresholds(**values)
+                for precision, values in data.get("precision_thresholds", {}).items()
+            }
             card = cls(**data)
         except (json.JSONDecodeError, TypeError, AttributeError) as error:
             raise ModelDirError(f"{origin}: not a valid {CARD_FILE}: {error}") from None
-        problems = card.thresholds.problems()
+        problems = card.thresholds.problems() + [
+            f"{precision}: {problem}"
+            for precision, thresholds in card.precision_thresholds.items()
+            for problem in thresholds.problems()
+        ]
         if problems:
             raise ModelDirError(f"{origin}: " + "; ".join(problems))
         return card
@@ -111,6 +139,17 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def load_model(model_dir: str | Path, **options):
+    """The directory's transformers classifier; ModelDirError if its files cannot be loaded."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, **options)
+    except (OSError, ValueError, SafetensorError) as error:  # missing, corrupt, truncated
+        raise ModelDirError(f"{model_dir}: cannot load model: {error}") from None
 
 
 def model_id(model_dir: str | Path) -> str:

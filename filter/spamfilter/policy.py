@@ -42,7 +42,7 @@ class Policy:
     @classmethod
     def build(cls, config: FilterConfig, card: ModelCard, model_id: str) -> Policy:
         """The policy from the config, thresholds it leaves empty taken from the model card."""
-        thresholds = card.thresholds
+        thresholds = card.thresholds_for(config.precision)
         quarantine = _first(config.quarantine_threshold, thresholds.quarantine)
         if quarantine is not None and not config.quarantine_dir:
             raise ValueError(

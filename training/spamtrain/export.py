@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -11,6 +14,8 @@ from transformers import PreTrainedTokenizerBase
 from spamfilter import evaluation
 from spamfilter.modeldir import ModelCard, Thresholds, write_card
 from spamtrain.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def calibrate(labels: list[int], scores: list[float], config: TrainConfig) -> Thresholds:
@@ -31,7 +36,8 @@ def save_model_directory(
     config: TrainConfig,
     card_fields: dict,
 ) -> Path:
-    """Weights (gathered from every rank, ZeRO-3 included), tokenizer and spamfilter.json.
+    """Weights (gathered from every rank, ZeRO-3 included), tokenizer and spamfilter.json,
+    and the ONNX files the filter serves by default.
 
     ``get_state_dict`` must run on every rank: under ZeRO-3 it is a collective gather.
     Weights keep the model's own parameter names (``save_original_format=False``): a model
@@ -56,5 +62,26 @@ def save_model_directory(
             **card_fields,
         )
         write_card(directory, card)
+        export_for_serving(directory)
     accelerator.wait_for_everyone()
     return directory
+
+
+def export_for_serving(directory: Path) -> None:
+    """Write the ONNX files the filter serves by default, in a fresh process.
+
+    Not in this one: under DeepSpeed ZeRO-3, transformers loads any model inside
+    ``zero.Init``, a collective that the other ranks, waiting at the barrier, never join.
+    A failed export is a warning: the weights are saved, and the filter can export later.
+    """
+    command = [sys.executable, "-m", "spamfilter.cli", "export-onnx", "--model", str(directory)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        log.info("ONNX export: %s", done.stdout.strip().replace("\n", "; "))
+    else:
+        log.warning(
+            "ONNX export failed: %s\nserve with --precision fp32, or retry with "
+            "'spamfilter export-onnx --model %s'",
+            done.stderr.strip()[-2000:],
+            directory,
+        )
