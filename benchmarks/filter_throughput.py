@@ -1,7 +1,7 @@
 """Throughput of the filter daemon through SMTP, against the same model's bare scoring.
 
     python benchmarks/filter_throughput.py --model runs/x --messages 400 \
-        --concurrency 1,4,16 --out results/filter_throughput.json
+        --concurrency 1,4,16,64 --out results/filter_throughput.json
 
 Starts a capturing sink (aiosmtpd, in this process) and ``spamfilter serve`` (its own
 process, as deployed) on loopback, sends the same N messages at each concurrency
@@ -32,6 +32,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
+from spamfilter.precision import DEFAULT_PRECISION, PRECISIONS
+
 LOCALHOST = "127.0.0.1"
 WORDS = (
     "meeting agenda project review release notes build thanks schedule report question "
@@ -43,11 +45,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="model directory to serve")
     parser.add_argument("--messages", type=int, default=200, help="messages per run (default 200)")
-    parser.add_argument("--concurrency", default="1,4,16", help="client counts (default 1,4,16)")
+    parser.add_argument(
+        "--concurrency", default="1,4,16,64", help="client counts (default 1,4,16,64)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="daemon batch (default 8)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="(default 5)")
-    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or int8 (default fp32)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: default")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
+    parser.add_argument("--threads", type=int, default=0, help="scoring threads; 0: default")
     parser.add_argument("--mail-dir", type=Path, help="directory of raw messages to send")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     return parser.parse_args()
