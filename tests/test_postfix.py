@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from filtersupport import daemon_process, wait_for
+from filtersupport import daemon_process, serve_args, wait_for
 from postfixsupport import DOMAIN, LOCALHOST, USER, Postfix, postfix_binary, postfix_instance
 
 from support import make_message
@@ -49,17 +49,8 @@ def postfix_available() -> None:
 @contextmanager
 def spamfilter(postfix: Postfix, model: Path, *flags: str) -> Iterator[list[str]]:
     """``spamfilter serve`` between the instance's hops; yields its log lines."""
-    args = [
-        "--model",
-        str(model),
-        "--listen",
-        f"{LOCALHOST}:{postfix.filter_port}",
-        "--relay",
-        f"{LOCALHOST}:{postfix.reinject_port}",
-        "--metrics-listen",
-        "",
-        *flags,
-    ]
+    listen = ("--listen", f"{LOCALHOST}:{postfix.filter_port}")  # where Postfix hands mail
+    args = serve_args(model, postfix.reinject_port, *listen, *flags)
     with daemon_process(args) as (process, _, log):
         yield log
         process.send_signal(signal.SIGTERM)

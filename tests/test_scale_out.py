@@ -26,12 +26,12 @@ from accelerate.utils import (
 )
 from accelerate.utils import launch as launch_env
 from safetensors.torch import load_file
-from test_train import ROOT, launch, small_run
 
 from spamfilter import evaluation
 from spamfilter.classifier import Classifier
 from spamfilter.modeldir import read_card
 from spamtrain import data
+from trainsupport import ROOT, launch, small_run
 
 ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 DEEPSPEED_CONFIGS = sorted((ROOT / "configs" / "deepspeed").glob("*.json"))
