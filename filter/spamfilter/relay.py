@@ -129,11 +129,11 @@ class SmtpNextHop:
         greeting = await self._step(self._read_reply())
         if greeting.code != 220:
             self._fail(f"greeting was {greeting}")
-        reply = await self._command(f"EHLO {helo_name}")
+        reply = await self.command(f"EHLO {helo_name}")
         if reply.ok:
             self.extensions = {line.split(" ")[0].upper() for line in reply.lines[1:]}
             return
-        reply = await self._command(f"HELO {helo_name}")
+        reply = await self.command(f"HELO {helo_name}")
         if not reply.ok:
             self._fail(f"HELO answered {reply}")
 
@@ -146,21 +146,21 @@ class SmtpNextHop:
             elif keyword == "SMTPUTF8":
                 return Reply(553, ("5.6.7 the next hop does not support SMTPUTF8",))
         path = sender if sender == "<>" else f"<{sender}>"
-        return await self._command(" ".join([f"MAIL FROM:{path}", *parameters]))
+        return await self.command(" ".join([f"MAIL FROM:{path}", *parameters]))
 
     async def rcpt(self, recipient: str) -> Reply:
-        return await self._command(f"RCPT TO:<{recipient}>")
+        return await self.command(f"RCPT TO:<{recipient}>")
 
     async def data(self, message: bytes) -> Reply:
         """Send ``message`` (CRLF lines); the next hop's final reply (or its refusal of DATA)."""
         return await self._step(self._data(message))
 
     async def rset(self) -> None:
-        await self._command("RSET")
+        await self.command("RSET")
 
     async def quit(self) -> None:
         try:
-            await self._command("QUIT")
+            await self.command("QUIT")
         except RelayError:
             pass  # the message is already answered; a lost QUIT reply changes nothing
         finally:
@@ -181,7 +181,9 @@ class SmtpNextHop:
         await self._writer.drain()
         return self._checked(await self._read_reply())
 
-    async def _command(self, line: str) -> Reply:
+    async def command(self, line: str) -> Reply:
+        """Send one command line; its reply (RelayError if the connection fails)."""
+
         async def exchange() -> Reply:
             self._writer.write(line.encode("utf-8", "surrogateescape") + b"\r\n")
             await self._writer.drain()

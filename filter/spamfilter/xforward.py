@@ -94,6 +94,6 @@ async def _forward(hop: object, attributes: dict[str, str]) -> None:
     if not isinstance(hop, SmtpNextHop) or "XFORWARD" not in hop.extensions:
         return
     line = " ".join(f"{name}={value}" for name, value in attributes.items())
-    reply = await hop._command(f"XFORWARD {line}")  # relay.py has no public raw command
+    reply = await hop.command(f"XFORWARD {line}")
     if not reply.ok:
         log.warning("next hop refused XFORWARD %s: %s", line, reply)
