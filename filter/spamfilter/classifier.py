@@ -63,7 +63,8 @@ def encode(
     room = max_length - len(prefix) - len(suffix)
     if tail_tokens >= room:
         raise ValueError(f"tail_tokens ({tail_tokens}) must be below {room} for this tokenizer")
-    body = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # untruncated on purpose (the tail is wanted): no warning about the model's length
+    body = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     ids = []
     for tokens in body:
         if len(tokens) > room:
