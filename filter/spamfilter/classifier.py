@@ -108,14 +108,14 @@ class Classifier:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:
             raise ModelDirError(f"{self.model_dir}: cannot load tokenizer: {error}") from None
+        self.model_id = model_id(self.model_dir)
         self.runner: Runner
         if precision.startswith("onnx-"):
             from spamfilter.onnxmodel import OnnxRunner
 
-            self.runner = OnnxRunner(self.model_dir, precision, threads or 0)
+            self.runner = OnnxRunner(self.model_dir, precision, threads or 0, self.model_id)
         else:
             self.runner = TorchRunner(self.model_dir, precision, threads, device)
-        self.model_id = model_id(self.model_dir)
         self._lock = threading.Lock()
 
     @property

@@ -282,11 +282,10 @@ def set_threshold(args: argparse.Namespace) -> int:
     calibration.pop(FPR_KEYS[args.which], None)  # no longer how this threshold was chosen
     calibration[f"{args.which}_set_by_hand_at"] = now()
     write_card(args.model, card)
-    scores = " and ".join(sorted(FP32_EQUIVALENT)) if args.precision in FP32_EQUIVALENT else None
-    print(
-        f"{args.which} threshold for {scores or args.precision} scores set to {args.value} "
-        f"in {args.model / CARD_FILE}"
-    )
+    shared = args.precision in FP32_EQUIVALENT
+    scores = " and ".join(sorted(FP32_EQUIVALENT)) if shared else args.precision
+    where = args.model / CARD_FILE
+    print(f"{args.which} threshold for {scores} scores set to {args.value} in {where}")
     print(RELOAD_HINT)
     return 0
 

@@ -70,8 +70,8 @@ def _export(directory: Path) -> dict[str, Path]:
         # The tracer warns about Python branches in the model code that depend on shapes;
         # the dynamic batch and sequence axes keep them correct (the tests compare scores).
         warnings.simplefilter("ignore")
-        model, probe, expected = _trace(directory, traced)
-        fused = _fuse(model.config, traced, partial["onnx-fp32"], probe, expected)
+        config, probe, expected = _trace(directory, traced)
+        fused = _fuse(config, traced, partial["onnx-fp32"], probe, expected)
         if not fused:
             os.replace(traced, partial["onnx-fp32"])
         traced.unlink(missing_ok=True)
@@ -98,7 +98,7 @@ def _export(directory: Path) -> dict[str, Path]:
 
 
 def _trace(directory: Path, out: Path):
-    """Export the fp32 graph with eager attention; return the model, a probe batch, its logits."""
+    """Export the fp32 graph with eager attention; return its config, a probe batch, its logits."""
     import torch
 
     # eager attention: the graph pattern ONNX Runtime's attention fusion knows
@@ -122,7 +122,7 @@ def _trace(directory: Path, out: Path):
     with torch.no_grad():
         expected = model(input_ids=input_ids, attention_mask=attention_mask).logits.numpy()
     probe = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-    return model, probe, expected
+    return model.config, probe, expected
 
 
 def _fuse(config, traced: Path, out: Path, probe: dict, expected: np.ndarray) -> bool:
@@ -156,7 +156,14 @@ def _fuse(config, traced: Path, out: Path, probe: dict, expected: np.ndarray) ->
 class OnnxRunner:
     """P(spam) from padded token ids with an ONNX Runtime CPU session."""
 
-    def __init__(self, model_dir: str | Path, precision: OnnxPrecision, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        precision: OnnxPrecision,
+        threads: int = 0,
+        weights_id: str | None = None,
+    ) -> None:
+        """``weights_id``: the directory's ``model_id``, if the caller has it already."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -169,7 +176,8 @@ class OnnxRunner:
             )
 
         self.session = session() if path.is_file() else None
-        if self.session is None or self._origin() != (model_id(model_dir), RECIPE):
+        current = (weights_id or model_id(model_dir), RECIPE)
+        if self.session is None or self._origin() != current:
             log.info("%s missing, or exported from other weights or recipe: exporting", path)
             export_onnx(model_dir)
             self.session = session()
