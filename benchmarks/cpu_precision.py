@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
-ROOT = Path(__file__).resolve().parents[1]
+from spamrig import ROOT
+
 sys.path.insert(0, str(ROOT / "training"))
 
 

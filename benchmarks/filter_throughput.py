@@ -32,9 +32,9 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from spamfilter.precision import DEFAULT_PRECISION, PRECISIONS
+from spamfilter.model.precision import DEFAULT_PRECISION, PRECISIONS
+from spamrig import LOCALHOST
 
-LOCALHOST = "127.0.0.1"
 WORDS = (
     "meeting agenda project review release notes build thanks schedule report question "
     "offer free cash winner prize click discount bank transfer urgent bonus account"
@@ -158,7 +158,7 @@ def smtp_run(port: int, messages: list[bytes], clients: int) -> dict[str, float]
 
 
 def bare_run(args: argparse.Namespace, messages: list[bytes]) -> dict[str, float]:
-    from spamfilter.classifier import Classifier
+    from spamfilter.model.classifier import Classifier
 
     classifier = Classifier(args.model, precision=args.precision, threads=args.threads or None)
     classifier.score_raw(messages[: args.batch_size])  # warm-up

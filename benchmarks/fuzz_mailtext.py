@@ -5,7 +5,7 @@
 A finding is any input on which ``email_to_text`` raises, returns text outside its
 contract (longer than MAX_TEXT_CHARS, lone surrogates, control characters), runs over
 ``--timeout`` seconds, or makes the process exceed ``--rss-limit-mb``; libFuzzer writes
-each to ``--artifacts``. The seed corpus is tests/hostilemail.py's pathological cases
+each to ``--artifacts``. The seed corpus is ``spamrig.hostilemail``'s pathological cases
 (those under 64 KiB) and 200 of its random MIME messages. Runs libFuzzer in a child
 process and reads its final statistics; prints and writes executions, time, findings.
 """
@@ -21,9 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "filter")]
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,7 +35,7 @@ def parse_args() -> argparse.Namespace:
 
 def fuzz_one(data: bytes) -> None:
     """One libFuzzer execution: raises (a finding) if the output contract is broken."""
-    from spamfilter import mailtext
+    from spamfilter.model import mailtext
 
     text = mailtext.email_to_text(data)
     if len(text) > mailtext.MAX_TEXT_CHARS or mailtext._CONTROL.search(text):
@@ -50,15 +47,16 @@ def child() -> None:
     import atheris
 
     with atheris.instrument_imports(include=["spamfilter", "email", "html"]):
-        from spamfilter import mailtext  # noqa: F401  (instrumented for coverage)
+        from spamfilter.model import mailtext  # noqa: F401  (instrumented for coverage)
     args = [arg for arg in sys.argv if arg != "--child"]
     atheris.Setup(args, fuzz_one)
     atheris.Fuzz()
 
 
 def write_seeds(directory: Path) -> int:
-    from hostilemail import PATHOLOGICAL, hostile_messages
     from hypothesis import HealthCheck, given, settings
+
+    from spamrig.hostilemail import PATHOLOGICAL, hostile_messages
 
     seeds = [build() for build in PATHOLOGICAL.values()]
     seeds = [seed for seed in seeds if len(seed) <= 65536]

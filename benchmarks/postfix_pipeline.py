@@ -3,7 +3,7 @@
     sudo .venv/bin/python benchmarks/postfix_pipeline.py --model runs/x --messages 400 \
         --clients 8 --out results/postfix_pipeline.json
 
-Starts a private Postfix (tests/postfixsupport.py: its own config, queue and Maildir under
+Starts a private Postfix (``spamrig.postfix``: its own config, queue and Maildir under
 a temporary directory, loopback only; needs root and Debian's postfix) set up as an
 after-queue content filter, and ``spamfilter serve`` between its hops. Then, in one run,
 the same N messages (half spam, half ham) go in through Postfix's smtpd from ``--clients``
@@ -26,19 +26,14 @@ import platform
 import re
 import smtplib
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))  # the private-Postfix rig the integration tests use
-
-from filtersupport import daemon_process  # noqa: E402
-from postfixsupport import DOMAIN, LOCALHOST, USER, Postfix, postfix_instance  # noqa: E402
-
-from spamfilter.postfix import Hops, main_cf  # noqa: E402
-from support import make_message  # noqa: E402
+from spamfilter.smtp.postfix import Hops, main_cf
+from spamrig.daemon import daemon_process
+from spamrig.postfix import DOMAIN, LOCALHOST, USER, Postfix, postfix_instance
+from spamrig.synthetic import make_message
 
 DELIVERY_TIMEOUT = 600.0  # seconds for one run's messages to reach the Maildir
 

@@ -41,14 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spamfilter import evaluation
-from spamfilter.classifier import Classifier
-from spamfilter.labelled import load_labelled
-from spamfilter.mailtext import email_to_text
-from spamfilter.modeldir import read_card
-from spamfilter.precision import PRECISIONS
+from spamfilter.evaluation.metrics import at_threshold
+from spamfilter.model.classifier import Classifier
+from spamfilter.model.mailtext import email_to_text
+from spamfilter.model.modeldir import read_card
+from spamfilter.model.precision import PRECISIONS
+from spamrig import ROOT
+from spamtrain.data import load_splits
 
-ROOT = Path(__file__).resolve().parent.parent
 MAX_DFPR = 0.001
 MAX_DRECALL = 0.005
 
@@ -104,8 +104,8 @@ def parity(
     labels: np.ndarray, reference: np.ndarray, scores: np.ndarray, fp32_tag: float, tag: float
 ) -> dict:
     """``scores`` at ``tag`` against the fp32 ``reference`` at ``fp32_tag``."""
-    ours = evaluation.at_threshold(labels, scores, tag)
-    theirs = evaluation.at_threshold(labels, reference, fp32_tag)
+    ours = at_threshold(labels, scores, tag)
+    theirs = at_threshold(labels, reference, fp32_tag)
     d_fpr, d_recall = ours["fpr"] - theirs["fpr"], ours["recall"] - theirs["recall"]
     return {
         "n": len(labels),
@@ -127,7 +127,7 @@ def main() -> None:
     precisions = ["fp32", *(p for p in args.precisions.split(",") if p != "fp32")]
     card = read_card(args.model)
     tag = card.thresholds.tag
-    split = load_labelled(args.data, "test")
+    split = load_splits(args.data, ("test",))["test"]
     split_texts = [email_to_text(raw) for raw in split["raw"]]
     split_labels = np.asarray(split["label"])
     sample = np.random.default_rng(0).permutation(len(split))[: args.messages]

@@ -6,7 +6,7 @@
 SpamAssassin as people run it: local rules and a Bayes database (``sa-learn`` on a
 seeded sample of ``--train`` messages of the training split, half spam), a private
 ``spamd -L`` with two children (one per core here) and ``spamc -c`` per message, two at
-a time (``spamfilter.baselines.spamassassin``). The model scores the same raw test
+a time (``spamfilter.evaluation.baselines.spamassassin``). The model scores the same raw test
 messages (``email_to_text``, then ``Classifier.score_texts``) in batches of the daemon's
 default size, in the default precision (``--precision``). Both count from raw bytes to a
 score; each is warmed up first (spamd compiles its rules at start, the model loads). The
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spamfilter.baselines.spamassassin import CHILDREN, SpamAssassinBaseline
-from spamfilter.classifier import Classifier
 from spamfilter.config import FilterConfig
-from spamfilter.labelled import load_labelled
-from spamfilter.mailtext import email_to_text
-from spamfilter.precision import DEFAULT_PRECISION, PRECISIONS
+from spamfilter.evaluation.baselines.spamassassin import CHILDREN, SpamAssassinBaseline
+from spamfilter.model.classifier import Classifier
+from spamfilter.model.mailtext import email_to_text
+from spamfilter.model.precision import DEFAULT_PRECISION, PRECISIONS
+from spamrig import ROOT
+from spamtrain.data import load_splits
 
-ROOT = Path(__file__).resolve().parent.parent
 WARM_UP = 4
 
 
@@ -67,8 +67,9 @@ def rate(score, raws: list[bytes]) -> float:
 
 def main() -> None:
     args = parse_args()
-    train_raws, train_labels = balanced_sample(load_labelled(args.data, "train"), args.train)
-    test = load_labelled(args.data, "test")
+    splits = load_splits(args.data, ("train", "test"))
+    train_raws, train_labels = balanced_sample(splits["train"], args.train)
+    test = splits["test"]
     sample = np.random.default_rng(0).permutation(len(test))[: args.messages].tolist()
     raws = test.select(sample)["raw"]
 

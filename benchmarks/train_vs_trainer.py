@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from spamrig import ROOT
 
 
 def ours(args: argparse.Namespace, output: Path) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import make_trained_model_dir, make_untrained_model_dir, write_maildirs
+from spamrig.synthetic import make_trained_model_dir, make_untrained_model_dir, write_maildirs
 
 
 @pytest.fixture(scope="session")

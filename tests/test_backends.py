@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from spamfilter import cli, onnxmodel
-from spamfilter.baselines import as_text_message, make_baselines
-from spamfilter.baselines.compare import run_baselines
-from spamfilter.classifier import Classifier
-from spamfilter.mailtext import email_to_text
-from support import make_message
+from spamfilter import cli
+from spamfilter.evaluation.baselines import as_text_message, make_baselines
+from spamfilter.evaluation.baselines.compare import run_baselines
+from spamfilter.model import onnxmodel
+from spamfilter.model.classifier import Classifier
+from spamfilter.model.mailtext import email_to_text
+from spamrig.synthetic import make_message
 
 # Largest |P(spam) - fp32's| per precision on the tiny model: ONNX fp32 runs the same
 # arithmetic; bf16 keeps 8 mantissa bits; int8 rounds every weight matrix.
@@ -34,7 +35,7 @@ def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp32_scores(model_dir) -> np.ndarray:
-    return np.asarray(Classifier(model_dir).score_raw(MESSAGES))
+    return np.asarray(Classifier(model_dir, precision="fp32").score_raw(MESSAGES))
 
 
 @pytest.mark.parametrize("precision", sorted(TOLERANCE))
@@ -60,7 +61,7 @@ def test_export_onnx_command_writes_both_files_tagged_with_weights_and_recipe(ca
         assert f"{precision}: {model_dir / name}" in printed
         properties = onnxmodel.OnnxRunner(model_dir, precision).session.get_modelmeta()
         assert properties.custom_metadata_map == {
-            onnxmodel.MODEL_ID_KEY: Classifier(model_dir).model_id,
+            onnxmodel.MODEL_ID_KEY: Classifier(model_dir, precision="fp32").model_id,
             onnxmodel.RECIPE_KEY: onnxmodel.RECIPE,
         }
     operators = {node.op_type for node in onnx.load(model_dir / "model.onnx").graph.node}
@@ -82,7 +83,7 @@ def test_onnx_file_from_other_weights_or_recipe_is_exported_again(model_dir, fp3
     assert np.allclose(scores, fp32_scores, atol=TOLERANCE["onnx-fp32"])
     reread = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert reread == {
-        onnxmodel.MODEL_ID_KEY: Classifier(model_dir).model_id,
+        onnxmodel.MODEL_ID_KEY: Classifier(model_dir, precision="fp32").model_id,
         onnxmodel.RECIPE_KEY: onnxmodel.RECIPE,
     }
 
@@ -138,7 +139,7 @@ def test_missing_peer_is_reported_not_fatal(monkeypatch, tmp_path):
 
 
 def test_eval_with_tfidf_baseline_writes_the_compared_table(capsys, model_dir, tmp_path):
-    from support import write_maildirs
+    from spamrig.synthetic import write_maildirs
 
     corpus = write_maildirs(tmp_path / "mail", per_label=60)
     out = tmp_path / "report"

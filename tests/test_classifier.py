@@ -3,12 +3,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from spamfilter.classifier import Classifier, encode
-from support import make_message
+from spamfilter.model.classifier import Classifier
+from spamfilter.model.encode import encode
+from spamrig.synthetic import make_message
 
 
 def test_tiny_model_separates_spam_from_ham(tiny_model_dir):
-    classifier = Classifier(tiny_model_dir)
+    classifier = Classifier(tiny_model_dir, precision="fp32")
     spam = [make_message(1, 1000 + i) for i in range(5)]
     ham = [make_message(0, 1000 + i) for i in range(5)]
     scores = classifier.score_raw(spam + ham)
@@ -16,7 +17,7 @@ def test_tiny_model_separates_spam_from_ham(tiny_model_dir):
 
 
 def test_scores_keep_input_order_whatever_the_length(tiny_model_dir):
-    classifier = Classifier(tiny_model_dir)
+    classifier = Classifier(tiny_model_dir, precision="fp32")
     texts = ["viagra " * n for n in (30, 1, 10)] + ["meeting agenda"]
     together = classifier.score_texts(texts, batch_size=2)
     alone = [classifier.score_texts([text])[0] for text in texts]

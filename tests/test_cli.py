@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from spamfilter import cli
-from spamfilter.evaluation import at_threshold
-from spamfilter.modeldir import CARD_FILE, read_card
-from spamfilter.precision import DEFAULT_PRECISION
-from support import make_message, write_maildirs
+from spamfilter.evaluation.metrics import at_threshold
+from spamfilter.model.modeldir import CARD_FILE, read_card
+from spamfilter.model.precision import DEFAULT_PRECISION
+from spamrig.synthetic import make_message, write_maildirs
 
 SPAMFILTER = Path(sys.executable).with_name("spamfilter")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -217,10 +217,11 @@ def _score_corpus(
     model_dir: Path, root: Path, precision: str = DEFAULT_PRECISION
 ) -> tuple[list[int], list[float]]:
     """Scores as tune computes them (same rows, batches, precision), so ties stay ties."""
-    from spamfilter.classifier import Classifier
-    from spamfilter.labelled import load_labelled, score_dataset
+    from spamfilter.cli.common import score_dataset
+    from spamfilter.model.classifier import Classifier
+    from spamtrain.data import load_splits
 
-    dataset = load_labelled(str(root), split="all")
+    dataset = load_splits(str(root), ("all",))["all"]
     classifier = Classifier(model_dir, precision=precision)
     return dataset["label"], score_dataset(classifier, dataset).tolist()
 
@@ -255,7 +256,7 @@ def test_eval_writes_metrics_plots_and_report(capsys, tiny_model_dir, labelled_c
 
 
 def test_serve_help_comes_from_the_daemon(capsys):
-    pytest.importorskip("spamfilter.server")
+    pytest.importorskip("spamfilter.smtp.server")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["serve", "--help"])
     assert exit_info.value.code == 0

@@ -17,7 +17,8 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from spamfilter.mailtext import email_to_text
+from spamfilter.model.mailtext import email_to_text
+from spamrig.synthetic import make_message, write_maildirs
 from spamtrain import corpus_spamassassin as spamassassin
 from spamtrain.corpora import rows_to_messages
 from spamtrain.data import (
@@ -29,7 +30,6 @@ from spamtrain.data import (
     load_source,
     split_dataset,
 )
-from support import make_message, write_maildirs
 
 
 def md5(raw: bytes) -> str:

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from spamfilter.config import FilterConfig
-from spamfilter.postfix import COMPOSE_HOPS, MODES, format_main_cf, main_cf, master_cf
+from spamfilter.smtp.postfix import COMPOSE_HOPS, MODES, format_main_cf, main_cf, master_cf
+from spamrig import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 DOCKERFILES = ["Dockerfile.filter", "Dockerfile.train", "postfix/Dockerfile"]
 SHIPPED_SNIPPETS = {
@@ -78,4 +78,4 @@ def test_the_systemd_unit_reloads_with_sighup_and_outwaits_the_drain():
 def test_shipped_postfix_snippets_are_the_ones_tested(document):
     text = (ROOT / document).read_text()
     for snippet in SHIPPED_SNIPPETS[document]:
-        assert snippet in text, f"{document} lacks (from spamfilter.postfix):\n{snippet}"
+        assert snippet in text, f"{document} lacks (from spamfilter.smtp.postfix):\n{snippet}"

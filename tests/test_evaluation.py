@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from spamfilter import evaluation
+from spamfilter.evaluation.metrics import at_threshold, summary, threshold_for_fpr
 
 
 def test_threshold_meets_the_target_fpr_and_sits_between_scores():
@@ -9,8 +9,8 @@ def test_threshold_meets_the_target_fpr_and_sits_between_scores():
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.uniform(0.0, 0.6, 1000), rng.uniform(0.4, 1.0, 100)])
     for target in (0.001, 0.01, 0.1):
-        threshold = evaluation.threshold_for_fpr(labels, scores, target)
-        metrics = evaluation.at_threshold(labels, scores, threshold)
+        threshold = threshold_for_fpr(labels, scores, target)
+        metrics = at_threshold(labels, scores, threshold)
         assert metrics["fpr"] <= target
         assert not np.any(np.isclose(scores, threshold, atol=1e-9))  # a margin on both sides
         # one notch lower would break the target: the threshold is as low as allowed
@@ -19,13 +19,13 @@ def test_threshold_meets_the_target_fpr_and_sits_between_scores():
 
 
 def test_no_false_positive_when_target_is_below_one_ham():
-    threshold = evaluation.threshold_for_fpr([0, 0, 1, 1], [0.2, 0.7, 0.6, 0.9], 0.001)
+    threshold = threshold_for_fpr([0, 0, 1, 1], [0.2, 0.7, 0.6, 0.9], 0.001)
     assert threshold == pytest.approx(0.8)
-    assert evaluation.at_threshold([0, 0, 1, 1], [0.2, 0.7, 0.6, 0.9], threshold)["recall"] == 0.5
+    assert at_threshold([0, 0, 1, 1], [0.2, 0.7, 0.6, 0.9], threshold)["recall"] == 0.5
 
 
 def test_summary_fields():
-    result = evaluation.summary([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], threshold=0.5)
+    result = summary([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], threshold=0.5)
     assert result["tp"] == 1 and result["fn"] == 1 and result["fp"] == 0
     assert result["roc_auc"] == pytest.approx(0.75)
     assert {"recall_at_fpr_0.001", "recall_at_fpr_0.005", "recall_at_fpr_0.01"} <= set(result)
@@ -33,4 +33,4 @@ def test_summary_fields():
 
 def test_threshold_needs_ham():
     with pytest.raises(ValueError, match="without ham"):
-        evaluation.threshold_for_fpr([1, 1], [0.2, 0.3], 0.01)
+        threshold_for_fpr([1, 1], [0.2, 0.3], 0.01)

@@ -21,29 +21,27 @@ import threading
 from pathlib import Path
 
 import pytest
-from filtersupport import (
-    LOCALHOST,
-    ROOT,
-    SPAMFILTER,
-    WAIT,
-    ConstantScorer,
-    Delivery,
-    NextHopScript,
-    daemon_process,
+
+from spamrig import LOCALHOST, ROOT, WAIT
+from spamrig.clients import (
     delivered_ids,
-    filter_config,
     lost,
     numbered_message,
     our_prefix,
-    running_filter,
-    scripted_next_hop,
     send,
     send_load,
-    serve_args,
-    sink,
     spam_headers,
+)
+from spamrig.daemon import (
+    SPAMFILTER,
+    ConstantScorer,
+    daemon_process,
+    filter_config,
+    running_filter,
+    serve_args,
     wait_for,
 )
+from spamrig.sink import Delivery, NextHopScript, scripted_next_hop, sink
 
 pytestmark = pytest.mark.timeout(240)
 

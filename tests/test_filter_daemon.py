@@ -10,24 +10,14 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from filtersupport import (
-    LOCALHOST,
-    ROOT,
-    SPAMFILTER,
-    SinkBehaviour,
-    client,
-    daemon_process,
-    filter_config,
-    send,
-    serve_args,
-    sink,
-    spam_headers,
-    wait_for,
-)
 
-from spamfilter.modeldir import ModelDirError, read_card, write_card
-from spamfilter.server import FilterDaemon
-from support import make_message
+from spamfilter.model.modeldir import ModelDirError, read_card, write_card
+from spamfilter.smtp.server import FilterDaemon
+from spamrig import LOCALHOST, ROOT
+from spamrig.clients import client, send, spam_headers
+from spamrig.daemon import SPAMFILTER, daemon_process, filter_config, serve_args, wait_for
+from spamrig.sink import SinkBehaviour, sink
+from spamrig.synthetic import make_message
 
 pytestmark = pytest.mark.timeout(240)  # includes training the tiny model (session fixture)
 

@@ -11,22 +11,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from filtersupport import (
-    LOCALHOST,
-    SinkBehaviour,
-    client,
-    filter_config,
-    our_prefix,
-    running_filter,
-    send,
-    sink,
-    spam_headers,
-    wait_for,
-)
 
-from spamfilter.classifier import Classifier
-from spamfilter.handler import HOOKS, FilterHandler
-from support import make_message
+from spamfilter.model.classifier import Classifier
+from spamfilter.smtp.handler import HOOKS, FilterHandler
+from spamrig import LOCALHOST
+from spamrig.clients import client, our_prefix, send, spam_headers
+from spamrig.daemon import filter_config, running_filter, wait_for
+from spamrig.sink import SinkBehaviour, sink
+from spamrig.synthetic import make_message
 
 pytestmark = pytest.mark.timeout(240)  # includes training the tiny model (session fixture)
 
@@ -36,7 +28,7 @@ HAM = make_message(0, 7).replace(b"\n", b"\r\n")
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model_dir):
-    return Classifier(tiny_model_dir)
+    return Classifier(tiny_model_dir, precision="fp32")
 
 
 @pytest.fixture

@@ -11,27 +11,25 @@ import re
 import smtplib
 import socket
 import struct
-import sys
 import threading
 import time
 from contextlib import contextmanager
 
 import psutil
 import pytest
-from filtersupport import (
-    ROOT,
+
+from spamrig.clients import (
     client,
     connect,
-    daemon_process,
     data_block,
     delivered_ids,
     numbered_message,
     our_prefix,
     relayed_as,
-    serve_args,
-    sink,
-    wait_for,
 )
+from spamrig.daemon import daemon_process, serve_args, wait_for
+from spamrig.sink import sink
+from spamrig.soak import soak
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -208,10 +206,7 @@ def test_envelope_injection_never_reaches_the_next_hop(daemon, address):
 
 
 def test_500_messages_at_16_clients_arrive_exactly_once_byte_exact(tiny_model_dir):
-    """benchmarks/soak.py, small: the full soak is a benchmark, not a test."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from soak import soak
-
+    """benchmarks/soak.py's loop, small: the full soak is a benchmark, not a test."""
     figures = soak(tiny_model_dir, messages=500, clients=16, rounds=2)
     assert figures["lost"] == 0 and figures["answered_250"] == 500
     assert figures["open_fds_after"] <= figures["open_fds_before"]

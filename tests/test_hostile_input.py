@@ -1,8 +1,8 @@
 """Hostile messages: email_to_text stays within its stated bounds, the daemon relays or refuses.
 
-Bounds (``spamfilter.mailtext``'s docstring): never raises, under 2 s of CPU and under
+Bounds (``spamfilter.model.mailtext``'s docstring): never raises, under 2 s of CPU and under
 100 MB of memory for any input. CPU time, not wall time: other work shares this 2-core
-machine. The daemon relays each message byte for byte (``filtersupport.relayed_as``), or
+machine. The daemon relays each message byte for byte (``spamrig.clients.relayed_as``), or
 refuses it with aiosmtpd's 500 (a line over 1,000 bytes, RFC 5321 4.5.3.1.6) or 552 (too
 big) and relays nothing; it never crashes.
 """
@@ -16,20 +16,14 @@ from email import policy
 
 import psutil
 import pytest
-from filtersupport import (
-    connect,
-    daemon_process,
-    data_block,
-    our_prefix,
-    relayed_as,
-    serve_args,
-    sink,
-)
-from hostilemail import PATHOLOGICAL, hostile_messages
 from hypothesis import HealthCheck, given, settings
 
-from spamfilter import mailtext
-from spamfilter.mailtext import MAX_TEXT_CHARS, email_to_text
+from spamfilter.model import mailtext
+from spamfilter.model.mailtext import MAX_TEXT_CHARS, email_to_text
+from spamrig.clients import connect, data_block, our_prefix, relayed_as
+from spamrig.daemon import daemon_process, serve_args
+from spamrig.hostilemail import PATHOLOGICAL, hostile_messages
+from spamrig.sink import sink
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,7 +6,7 @@ import base64
 import time
 import tracemalloc
 
-from spamfilter.mailtext import MAX_TEXT_CHARS, email_to_text
+from spamfilter.model.mailtext import MAX_TEXT_CHARS, email_to_text
 
 
 def mime(headers: str, body: bytes | str) -> bytes:

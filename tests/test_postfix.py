@@ -1,6 +1,6 @@
 """The filter behind a real Postfix: after the queue (content_filter) and before it (proxy).
 
-Each test starts a private Postfix (``postfixsupport``) and ``spamfilter serve`` as a
+Each test starts a private Postfix (``spamrig.postfix``) and ``spamfilter serve`` as a
 process, sends mail with smtplib from 127.0.0.2 (so the original client differs from
 the filter's 127.0.0.1), and reads what Postfix delivered into the Maildir.
 ``make test`` installs Postfix first (scripts/ensure-postfix.sh); in CI a missing Postfix
@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from filtersupport import daemon_process, serve_args, wait_for
-from postfixsupport import DOMAIN, LOCALHOST, USER, Postfix, postfix_binary, postfix_instance
 
-from support import make_message
+from spamrig import LOCALHOST
+from spamrig.daemon import daemon_process, serve_args, wait_for
+from spamrig.postfix import DOMAIN, USER, Postfix, postfix_binary, postfix_instance
+from spamrig.synthetic import make_message
 
 # The test bodies only (about 30-50 s here): building the session's tiny model, which
 # can take minutes on a busy CPU, is not counted.

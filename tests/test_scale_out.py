@@ -27,11 +27,12 @@ from accelerate.utils import (
 from accelerate.utils import launch as launch_env
 from safetensors.torch import load_file
 
-from spamfilter import evaluation
-from spamfilter.classifier import Classifier
-from spamfilter.modeldir import read_card
+from spamfilter.evaluation.metrics import summary
+from spamfilter.model.classifier import Classifier
+from spamfilter.model.modeldir import read_card
+from spamrig import LOCALHOST, ROOT
+from spamrig.launch import launch, small_run
 from spamtrain import data
-from trainsupport import ROOT, launch, small_run
 
 ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 DEEPSPEED_CONFIGS = sorted((ROOT / "configs" / "deepspeed").glob("*.json"))
@@ -141,7 +142,7 @@ def test_xla_batches_are_padded_to_max_length(tiny_base_model, synthetic_corpus)
 
 def _free_port() -> str:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LOCALHOST, 0))
         return str(probe.getsockname()[1])
 
 
@@ -215,13 +216,13 @@ def test_zero3_model_directory_predicts_as_the_engine_did(runs, synthetic_corpus
     directory = runs["zero3"]
     card = read_card(directory)
     test_split = data.split_dataset(data.load_source(str(synthetic_corpus)))["test"]
-    scores = Classifier(directory).score_raw(test_split["raw"])
-    rescored = evaluation.summary(test_split["label"], scores, card.thresholds.tag)
+    scores = Classifier(directory, precision="fp32").score_raw(test_split["raw"])
+    rescored = summary(test_split["label"], scores, card.thresholds.tag)
     engine = card.metrics["test"]
     for key in ("n", "n_spam", "tp", "fp", "tn", "fn"):
         assert rescored[key] == engine[key], key
     assert rescored["roc_auc"] == pytest.approx(engine["roc_auc"], abs=1e-9)
-    ddp_scores = Classifier(runs["ddp"]).score_raw(test_split["raw"])
+    ddp_scores = Classifier(runs["ddp"], precision="fp32").score_raw(test_split["raw"])
     assert scores == pytest.approx(ddp_scores, abs=1e-5)
     from transformers import pipeline
 
@@ -308,7 +309,7 @@ def test_gpu_zero3_bf16_tracks_ddp_and_its_directory_serves(
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=2e-2), ours["step"]  # bf16
     card = read_card(outputs["zero3"])
     test_split = data.split_dataset(data.load_source(str(synthetic_corpus)))["test"]
-    scores = Classifier(outputs["zero3"]).score_raw(test_split["raw"])
-    rescored = evaluation.summary(test_split["label"], scores, card.thresholds.tag)
+    scores = Classifier(outputs["zero3"], precision="fp32").score_raw(test_split["raw"])
+    rescored = summary(test_split["label"], scores, card.thresholds.tag)
     assert rescored["n"] == card.metrics["test"]["n"]
     assert rescored["roc_auc"] == pytest.approx(card.metrics["test"]["roc_auc"], abs=0.02)

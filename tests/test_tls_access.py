@@ -13,21 +13,13 @@ import subprocess
 import sys
 
 import pytest
-from filtersupport import (
-    LOCALHOST,
-    ConstantScorer,
-    RawSession,
-    client,
-    connect,
-    data_block,
-    filter_config,
-    numbered_message,
-    running_filter,
-    sink,
-)
 
-from spamfilter import access
-from spamfilter.server import FilterDaemon
+from spamfilter.smtp import access
+from spamfilter.smtp.server import FilterDaemon
+from spamrig import LOCALHOST
+from spamrig.clients import RawSession, client, connect, data_block, numbered_message
+from spamrig.daemon import ConstantScorer, filter_config, running_filter
+from spamrig.sink import sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,7 +182,7 @@ def test_unusable_tls_or_auth_files_stop_start_up(tiny_model_dir, certificate, t
 
 def test_the_password_tool_writes_a_line_the_filter_accepts(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "spamfilter.access", USER],
+        [sys.executable, "-m", "spamfilter.smtp.access", USER],
         input=PASSWORD + "\n",
         capture_output=True,
         text=True,

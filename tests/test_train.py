@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spamfilter.classifier import Classifier
-from spamfilter.modeldir import read_card
-from support import make_message
-from trainsupport import ROOT, launch, small_run
+from spamfilter.model.classifier import Classifier
+from spamfilter.model.modeldir import read_card
+from spamrig import ROOT
+from spamrig.launch import launch, small_run
+from spamrig.synthetic import make_message
 
 
 def test_single_process_writes_a_servable_model_directory(
@@ -41,7 +42,7 @@ def test_single_process_writes_a_servable_model_directory(
     # transformers pipeline all serve it.
     exported = (output / "model.onnx").stat().st_mtime_ns
     messages = [make_message(1, 500), make_message(0, 500)]
-    scores = Classifier(output).score_raw(messages)
+    scores = Classifier(output, precision="fp32").score_raw(messages)
     assert scores[0] > scores[1]
     onnx_scores = Classifier(output, precision="onnx-fp32").score_raw(messages)
     assert onnx_scores == pytest.approx(scores, abs=1e-4)
@@ -144,7 +145,7 @@ def test_unknown_key_in_a_recipe_names_key_and_file(tmp_path):
 
 
 def test_every_shipped_train_recipe_loads():
-    from spamfilter.settings import load
+    from spamfilter.configload import load
     from spamtrain.config import TrainConfig
 
     recipes = sorted((ROOT / "configs" / "train").glob("*.yaml"))

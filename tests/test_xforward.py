@@ -11,11 +11,13 @@ from contextlib import contextmanager
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from filtersupport import LOCALHOST, WAIT, LoopThread, SinkBehaviour, SinkHandler, filter_config
-from filtersupport import running_filter as running
 
-from spamfilter import xforward
-from support import make_message
+from spamfilter.smtp import xforward
+from spamrig import LOCALHOST, WAIT
+from spamrig.daemon import filter_config
+from spamrig.daemon import running_filter as running
+from spamrig.sink import LoopThread, SinkBehaviour, SinkHandler
+from spamrig.synthetic import make_message
 
 pytestmark = pytest.mark.timeout(240)  # includes training the tiny model (session fixture)
 

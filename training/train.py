@@ -43,8 +43,9 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from spamfilter import evaluation
-from spamfilter.modeldir import LABELS, SPAM_LABEL
+from spamfilter.evaluation.metrics import summary
+from spamfilter.model.calibration import record_tuned
+from spamfilter.model.modeldir import LABELS, SPAM_LABEL
 from spamtrain import checkpoint, data
 from spamtrain.config import PACKAGED_MODEL, TrainConfig, parse_args
 from spamtrain.export import calibrate, save_model_directory
@@ -292,9 +293,6 @@ def train(
         disable=not accelerator.is_local_main_process,
     )
 
-    def save(where: checkpoint.Progress) -> None:
-        checkpoint.save(accelerator, config.output_dir, where)
-
     step = progress.completed_steps
     samples, seconds = 0, 0.0
     model.train()
@@ -384,7 +382,7 @@ def predict(accelerator: Accelerator, model, loader) -> tuple[list[int], list[fl
 
 def report_validation(accelerator: Accelerator, model, loader, step: int) -> dict:
     labels, scores = predict(accelerator, model, loader)
-    metrics = evaluation.summary(labels, scores)
+    metrics = summary(labels, scores)
     logger.info("step %d validation: %s", step, _rounded(metrics), main_process_only=True)
     accelerator.log({f"validation/{k}": v for k, v in _scalars(metrics).items()}, step=step)
     return metrics
@@ -408,16 +406,12 @@ def finish(
     thresholds = calibrate(val_labels, val_scores, config)
     test_labels, test_scores = predict(accelerator, model, test_loader)
     metrics = {
-        "validation": evaluation.summary(val_labels, val_scores, thresholds.tag),
-        "test": evaluation.summary(test_labels, test_scores, thresholds.tag),
+        "validation": summary(val_labels, val_scores, thresholds.tag),
+        "test": summary(test_labels, test_scores, thresholds.tag),
     }
-    calibration = {
-        "split": "validation",
-        "target_fpr": config.target_fpr,
-        "reject_fpr": config.reject_fpr,
-        "n_ham": val_labels.count(0),
-        "n_spam": val_labels.count(1),
-    }
+    calibration: dict = {}
+    record_tuned(calibration, "tag", config.target_fpr, val_labels, split="validation")
+    record_tuned(calibration, "reject", config.reject_fpr, val_labels, split="validation")
     directory = save_model_directory(
         accelerator,
         model,

@@ -1,7 +1,7 @@
 """FilterConfig: every setting of the SMTP filter daemon, with its one default.
 
-Loaded with ``spamfilter.settings.load(FilterConfig, yaml_path, overrides)``; the command
-line flags of ``spamfilter serve`` are derived from these fields (``server.py``), and
+Loaded with ``spamfilter.configload.load(FilterConfig, yaml_path, overrides)``; the command
+line flags of ``spamfilter serve`` are derived from these fields (``cli/serve.py``), and
 ``configs/filter/filter.yaml`` lists every key with its default.
 """
 
@@ -11,7 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spamfilter.precision import DEFAULT_PRECISION, Precision
+from spamfilter.model.modeldir import probability_problem
+from spamfilter.model.precision import DEFAULT_PRECISION, Precision
 
 
 def _help(text: str) -> dict[str, str]:
@@ -55,7 +56,7 @@ class FilterConfig:
     auth_file: str = field(
         default="",
         metadata=_help(
-            "'user:scrypt$...' lines (python -m spamfilter.access USER): AUTH PLAIN/LOGIN "
+            "'user:scrypt$...' lines (python -m spamfilter.smtp.access USER): AUTH PLAIN/LOGIN "
             "after STARTTLS (needs tls_cert); empty: no AUTH"
         ),
     )
@@ -160,9 +161,8 @@ class FilterConfig:
             except ValueError:
                 problems.append(f"'allowed_networks': {network!r} is not a network")
         for name in ("tag_threshold", "quarantine_threshold", "reject_threshold"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value < 1.0:
-                problems.append(f"'{name}' must lie strictly between 0 and 1, not {value}")
+            if problem := probability_problem(f"'{name}'", getattr(self, name)):
+                problems.append(problem)
         counts = ("batch_size", "queue_size", "max_message_size", "max_recipients")
         for name in (*counts, "max_connections", "max_messages_per_session"):
             if getattr(self, name) < 1:
@@ -179,7 +179,7 @@ class FilterConfig:
         return problems
 
     def _access_problems(self) -> list[str]:
-        """TLS and AUTH settings that depend on each other (see access.py)."""
+        """TLS and AUTH settings that depend on each other (see smtp/access.py)."""
         needs = [
             ("tls_key", bool(self.tls_cert) != bool(self.tls_key), "tls_cert and tls_key"),
             ("require_starttls", self.require_starttls and not self.tls_cert, "tls_cert"),

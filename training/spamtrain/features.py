@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from spamfilter.classifier import encode
-from spamfilter.mailtext import email_to_text
+from spamfilter.model.encode import encode
+from spamfilter.model.mailtext import email_to_text
 from spamtrain.config import TrainConfig
 
 MODEL_COLUMNS = ["input_ids", "attention_mask", "labels"]

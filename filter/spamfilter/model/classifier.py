@@ -1,0 +1,139 @@
+"""Score mail with a model directory: raw bytes -> model text -> tokens -> P(spam).
+
+Text and tokens come from ``mailtext`` and ``encode``, the model-input contract training
+shares. The forward pass runs in PyTorch (fp32, bf16 autocast, int8 dynamic quantization) or in ONNX
+Runtime (``onnx-fp32``, ``onnx-int8``: see ``onnxmodel``); the precision picks which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from spamfilter.model.encode import encode
+from spamfilter.model.mailtext import email_to_text
+from spamfilter.model.modeldir import (
+    SPAM_LABEL,
+    ModelCard,
+    ModelDirError,
+    Thresholds,
+    load_model,
+    model_id,
+    read_card,
+)
+from spamfilter.model.precision import Precision
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """What the SMTP handler needs from a model: P(spam) for each raw message."""
+
+    def score_raw(self, messages: Sequence[bytes]) -> list[float]: ...
+
+
+class Runner(Protocol):
+    """A forward pass: P(spam) for a padded batch of token ids."""
+
+    def spam_probabilities(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> np.ndarray: ...
+
+
+class Classifier:
+    """A loaded model directory that scores batches of messages on the CPU (or a GPU).
+
+    Thread-safe: the filter's micro-batcher calls it from a worker thread while the
+    CLI calls it directly. Batches are sorted by length so padding stays small.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        precision: Precision,
+        threads: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.card: ModelCard = read_card(self.model_dir)
+        self.precision = precision
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        except (OSError, ValueError) as error:
+            raise ModelDirError(f"{self.model_dir}: cannot load tokenizer: {error}") from None
+        self.model_id = model_id(self.model_dir)
+        self.runner: Runner
+        if precision.startswith("onnx-"):
+            from spamfilter.model.onnxmodel import OnnxRunner
+
+            self.runner = OnnxRunner(self.model_dir, precision, threads or 0, self.model_id)
+        else:
+            self.runner = TorchRunner(self.model_dir, precision, threads, device)
+        self._lock = threading.Lock()
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The card's thresholds for this classifier's precision."""
+        return self.card.thresholds_for(self.precision)
+
+    def score_texts(self, texts: Sequence[str], batch_size: int = 32) -> list[float]:
+        """P(spam) for each model text, in input order."""
+        if not texts:
+            return []
+        encoded = encode(self.tokenizer, texts, self.card.max_length, self.card.tail_tokens)
+        ids = encoded["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = [0.0] * len(ids)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="np")
+            with self._lock:
+                probabilities = self.runner.spam_probabilities(
+                    batch["input_ids"], batch["attention_mask"]
+                )
+            for index, score in zip(chunk, probabilities.tolist(), strict=True):
+                scores[index] = score
+        return scores
+
+    def score_raw(self, messages: Sequence[bytes], batch_size: int = 32) -> list[float]:
+        """P(spam) for each raw message, in input order."""
+        return self.score_texts([email_to_text(raw) for raw in messages], batch_size)
+
+
+class TorchRunner:
+    """The PyTorch forward pass: fp32, bf16 autocast or int8 dynamic quantization."""
+
+    def __init__(
+        self, model_dir: Path, precision: Precision, threads: int | None, device: str
+    ) -> None:
+        self.precision = precision
+        self.device = torch.device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        model = load_model(model_dir).eval()
+        if precision == "int8":
+            model = torch.ao.quantization.quantize_dynamic(
+                model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        self.model = model.to(self.device)
+
+    def spam_probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            logits = self.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            ).logits.float()
+        return torch.softmax(logits, dim=-1)[:, SPAM_LABEL].cpu().numpy()

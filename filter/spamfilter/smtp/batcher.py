@@ -1,0 +1,120 @@
+"""Micro-batching: many SMTP sessions, one model, an event loop that never blocks.
+
+Sessions ``await batcher.score(raw)``. One worker task takes the first waiting message,
+waits up to ``max_wait`` seconds for up to ``max_batch - 1`` more, and runs the scorer
+on the batch in ONE worker thread (the model is CPU-bound and already uses every
+core through torch's threads; two batches at once would only fight over them).
+The queue is bounded: when it is full, ``score`` raises ``Overloaded`` at once, which
+the handler turns into 451 so the MTA retries later (back-pressure, never a drop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from spamfilter.config import FilterConfig
+
+log = logging.getLogger(__name__)
+
+ScoreBatch = Callable[[Sequence[bytes]], list[float]]
+
+
+class Overloaded(RuntimeError):
+    """The scoring queue is full."""
+
+
+class MicroBatcher:
+    """Collects messages into batches for ``score_batch`` (e.g. ``Classifier.score_raw``)."""
+
+    def __init__(
+        self,
+        score_batch: ScoreBatch,
+        max_batch: int = FilterConfig.batch_size,
+        max_wait: float = FilterConfig.batch_wait_ms / 1000,  # seconds
+        queue_size: int = FilterConfig.queue_size,
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+    ) -> None:
+        self._score_batch = score_batch
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[float]]] = asyncio.Queue(queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting for the model."""
+        return self._queue.qsize()
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def score(self, raw: bytes) -> float:
+        """P(spam) of ``raw``; raises Overloaded, or whatever the scorer raised."""
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((raw, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self._queue.maxsize} messages already wait for the model") from None
+        return await future
+
+    async def aclose(self) -> None:
+        """Stop the worker (failing what still waits) and the scoring thread."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError("the filter is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            live = [(raw, future) for raw, future in batch if not future.done()]
+            if not live:  # every sender gave up (timeout, lost connection)
+                continue
+            started = time.perf_counter()
+            try:
+                scores = await loop.run_in_executor(
+                    self._executor, self._score_batch, [raw for raw, _ in live]
+                )
+                results = list(zip(live, scores, strict=True))
+            except Exception as error:
+                log.exception("scoring a batch of %d failed", len(live))
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self._on_batch(len(live), time.perf_counter() - started)
+            for (_, future), score in results:
+                if not future.done():
+                    future.set_result(score)
+
+    async def _collect(self) -> list[tuple[bytes, asyncio.Future[float]]]:
+        batch = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if self._queue.empty():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):  # Queue.get is cancel-safe
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+            else:
+                batch.append(self._queue.get_nowait())
+        return batch

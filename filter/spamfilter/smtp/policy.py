@@ -1,0 +1,101 @@
+"""From a score to a verdict and the X-Spam-* headers the filter prepends.
+
+Verdicts, strongest first: ``reject`` (550, only where configured: before-queue
+set-ups), ``quarantine`` (kept in a Maildir, not relayed), ``tag`` (relayed with
+``X-Spam-Flag: YES`` and the optional subject tag) and ``pass``. A score of ``None``
+means scoring failed: the message is relayed with ``X-Spam-Status: unknown`` or
+refused with 451, as ``on_score_error`` says.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from spamfilter.config import FilterConfig
+from spamfilter.model.modeldir import ModelCard
+from spamfilter.smtp.headers import prefix_subject, remove_fields
+
+HEADER_PREFIX = b"x-spam-"
+
+
+class Verdict(enum.Enum):
+    PASS = "pass"
+    TAG = "tag"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    UNKNOWN = "unknown"  # scoring failed and on_score_error is "pass"
+    TEMPFAIL = "tempfail"  # scoring failed and on_score_error is "tempfail"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds and actions in force; replaced as a whole on SIGHUP."""
+
+    model_id: str
+    tag: float
+    quarantine: float | None = None
+    reject: float | None = None  # None also when rejecting is not enabled
+    subject_tag: bytes = b""
+    tempfail_on_error: bool = False
+
+    @classmethod
+    def build(cls, config: FilterConfig, card: ModelCard, model_id: str) -> Policy:
+        """The policy from the config, thresholds it leaves empty taken from the model card."""
+        thresholds = card.thresholds_for(config.precision)
+        quarantine = _first(config.quarantine_threshold, thresholds.quarantine)
+        if quarantine is not None and not config.quarantine_dir:
+            raise ValueError(
+                f"a quarantine threshold ({quarantine}) is set but no quarantine_dir is"
+            )
+        reject = _first(config.reject_threshold, thresholds.reject)
+        return cls(
+            model_id=model_id,
+            tag=_first(config.tag_threshold, thresholds.tag),
+            quarantine=quarantine,
+            reject=reject if config.reject else None,
+            subject_tag=config.subject_tag.encode("ascii"),
+            tempfail_on_error=config.on_score_error == "tempfail",
+        )
+
+    def decide(self, score: float | None) -> Verdict:
+        if score is None:
+            return Verdict.TEMPFAIL if self.tempfail_on_error else Verdict.UNKNOWN
+        for verdict, threshold in (
+            (Verdict.REJECT, self.reject),
+            (Verdict.QUARANTINE, self.quarantine),
+            (Verdict.TAG, self.tag),
+        ):
+            if threshold is not None and score >= threshold:
+                return verdict
+        return Verdict.PASS
+
+    def headers(self, score: float | None) -> bytes:
+        """The X-Spam-* header lines (CRLF-terminated) for a message with ``score``."""
+        if score is None:
+            return f"X-Spam-Status: unknown, model={self.model_id}\r\n".encode()
+        spam = score >= self.tag
+        status = f"{'Yes' if spam else 'No'}, score={score:.3f} tag={self.tag:g}"
+        for name, threshold in (("quarantine", self.quarantine), ("reject", self.reject)):
+            if threshold is not None:
+                status += f" {name}={threshold:g}"
+        return (
+            f"X-Spam-Flag: {'YES' if spam else 'NO'}\r\n"
+            f"X-Spam-Score: {score:.3f}\r\n"
+            f"X-Spam-Status: {status} model={self.model_id}\r\n"
+        ).encode()
+
+    def rewrite(self, raw: bytes, score: float | None) -> bytes:
+        """The message to deliver: our headers, then ``raw`` (already stripped of X-Spam-*)."""
+        if score is not None and score >= self.tag and self.subject_tag:
+            raw = prefix_subject(raw, self.subject_tag)
+        return self.headers(score) + raw
+
+
+def strip_spam_headers(raw: bytes) -> bytes:
+    """``raw`` without incoming X-Spam-* fields: a sender must not vouch for itself."""
+    return remove_fields(raw, HEADER_PREFIX)
+
+
+def _first(*values: float | None) -> float | None:
+    return next((value for value in values if value is not None), None)

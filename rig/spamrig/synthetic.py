@@ -1,0 +1,112 @@
+"""Test material made locally: synthetic mail and a tiny BERT model directory.
+
+The tiny model is a real ``BertForSequenceClassification`` (2 layers, hidden 32) with a
+real WordPiece tokenizer, trained for a few seconds on the synthetic mail below until it
+separates spam from ham, then saved in the model-directory format the filter serves.
+"""
+
+from __future__ import annotations
+
+import random
+from email.message import EmailMessage
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from spamfilter.model.encode import encode
+from spamfilter.model.mailtext import email_to_text
+from spamfilter.model.modeldir import LABELS, ModelCard, Thresholds, write_card
+from spamfilter.model.onnxmodel import export_onnx
+
+SPAM_WORDS = (
+    "viagra cheap pills winner lottery prize claim cash free offer click unsubscribe "
+    "million dollars bank transfer urgent casino bonus discount pharmacy guaranteed"
+).split()
+HAM_WORDS = (
+    "meeting agenda project review patch commit release notes kernel build thanks "
+    "tomorrow lunch schedule minutes draft report question python debian config"
+).split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "subject", ":", "from", "<", ">", "@"]
+VOCAB += SPAM_WORDS + HAM_WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?-")
+
+
+def make_message(label: int, index: int, rng: random.Random | None = None) -> bytes:
+    """A plausible raw message: spam (label 1) uses spam words, ham (label 0) ham words."""
+    rng = rng or random.Random(index * 2 + label)
+    words = SPAM_WORDS if label else HAM_WORDS
+    message = EmailMessage()
+    message["From"] = f"sender{index} <sender{index}@example.org>"
+    message["To"] = "user@example.net"
+    message["Subject"] = " ".join(rng.choices(words, k=4))
+    message["Message-ID"] = f"<{label}.{index}@example.org>"
+    message.set_content(" ".join(rng.choices(words, k=40)) + f"\nref {index}\n")
+    return message.as_bytes()
+
+
+def write_maildirs(root: Path, per_label: int = 40) -> Path:
+    """``root/spam`` and ``root/ham`` with ``per_label`` raw messages each; returns ``root``."""
+    for label, name in ((1, "spam"), (0, "ham")):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_label):
+            (folder / f"{index:04d}.eml").write_bytes(make_message(label, index))
+    return root
+
+
+def make_tokenizer(directory: Path) -> BertTokenizerFast:
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(VOCAB))}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+def tiny_config(vocab_size: int) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: index for index, name in enumerate(LABELS)},
+    )
+
+
+def make_untrained_model_dir(directory: Path) -> Path:
+    """A tiny BERT base model (no card): what ``--model_name_or_path`` points at in tests."""
+    tokenizer = make_tokenizer(directory)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(len(tokenizer)))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def make_trained_model_dir(directory: Path, max_length: int = 64, steps: int = 60) -> Path:
+    """A tiny BERT trained on synthetic mail until it separates spam from ham, with a card
+    and the ONNX files the filter serves by default: the files training writes."""
+    tokenizer = make_tokenizer(directory)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(len(tokenizer)))
+    rng = random.Random(0)
+    raws = [(make_message(label, i, rng), label) for i in range(32) for label in (0, 1)]
+    texts = [email_to_text(raw) for raw, _ in raws]
+    labels = torch.tensor([label for _, label in raws])
+    batch = tokenizer.pad(encode(tokenizer, texts, max_length), return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    write_card(
+        directory,
+        ModelCard(max_length=max_length, thresholds=Thresholds(tag=0.5), base_model="tiny-bert"),
+    )
+    export_onnx(directory)
+    return directory
