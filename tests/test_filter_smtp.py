@@ -358,6 +358,8 @@ def test_metrics_and_health_endpoints(rig):
     assert "spamfilter_message_seconds_count 2.0" in text
     assert "spamfilter_batch_size_count" in text and "spamfilter_queue_depth 0.0" in text
     assert "spamfilter_relay_errors_total" not in text or "} 0.0" in text
+    name = f"filter.test/127.0.0.1:{port}"  # instance_name unset: greeting name/listen address
+    assert f'spamfilter_instance_info{{model="{daemon.model_id}",name="{name}"}} 1.0' in text
     assert urllib.request.urlopen(base + "/healthz", timeout=10).read() == b"ok\n"
 
 

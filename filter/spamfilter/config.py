@@ -138,6 +138,13 @@ class FilterConfig:
         default="127.0.0.1:9469",
         metadata=_help("host:port for Prometheus /metrics and /healthz; empty: off"),
     )
+    instance_name: str = field(
+        default="",
+        metadata=_help(
+            "this daemon's name in the spamfilter_instance_info metric; "
+            "empty: the greeting hostname and the listen address, e.g. 'mx1/10.0.0.5:10025'"
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
         default="INFO", metadata=_help("log level of the spamfilter loggers")
     )

@@ -4,6 +4,11 @@
 the filter serves mail and 503 while it drains or cannot score. The endpoint runs on
 the daemon's event loop (generating the text takes microseconds) on its own port, so a
 scrape never competes with SMTP clients for a connection slot.
+
+Several daemons behind one MTA (docs/postfix.md, "Several filter hosts") are told apart
+by ``spamfilter_instance_info{name, model}``, an info metric (value 1) rather than a
+label on every series: Prometheus already labels each scraped series with the scrape
+target's ``instance``, and a join on it brings the name in where a query wants it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -86,6 +92,14 @@ class FilterMetrics:
         self.reloads = Counter(
             "spamfilter_reloads", "SIGHUP reloads, by result", ["result"], registry=registry
         )
+        self.instance = Info(
+            "spamfilter_instance",
+            "This daemon: its instance_name and the model it serves",
+            registry=registry,
+        )
+
+    def describe(self, name: str, model: str) -> None:
+        self.instance.info({"name": name, "model": model})
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_sizes.observe(size)

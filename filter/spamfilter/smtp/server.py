@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Settings bound at start-up (sockets, the loaded model, the scoring thread).
 RESTART_ONLY = (
     *("model", "listen", "metrics_listen", "precision", "threads", "queue_size"),
-    *("tls_cert", "tls_key", "auth_file"),
+    *("tls_cert", "tls_key", "auth_file", "instance_name"),
 )
 SHUTDOWN_REPLY = "421 4.3.2 The filter is shutting down, try again later"
 
@@ -94,13 +94,16 @@ class FilterDaemon:
             http = await serve_http(self.metrics, self._healthy, host, port)
             self._servers.append(http)
             self.metrics_address = http.sockets[0].getsockname()[:2]
+        name = config.instance_name or default_instance_name(config, self.smtp_address)
+        self.metrics.describe(name, self.model_id)
         log.info(
-            "serving %s on %s:%d, relaying to %s, tag=%g, metrics on %s",
+            "serving %s on %s:%d, relaying to %s, tag=%g, metrics on %s, instance %s",
             self.model_id,
             *self.smtp_address,
             config.relay,
             self.rules.policy.tag,
             config.metrics_listen or "(off)",
+            name,
         )
 
     def _protocol(self) -> FilterSMTP:
@@ -112,7 +115,7 @@ class FilterDaemon:
             data_size_limit=config.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,  # keep the bytes as sent
-            hostname=config.hostname or socket.gethostname(),
+            hostname=greeting_name(config),
             timeout=config.session_timeout,
             tls_context=self.tls_context,
             require_starttls=config.require_starttls,
@@ -221,7 +224,18 @@ def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
     )
 
 
+def greeting_name(config: FilterConfig) -> str:
+    """The name in our SMTP greeting and in our EHLO to the next hop."""
+    return config.hostname or socket.gethostname()
+
+
+def default_instance_name(config: FilterConfig, bound: tuple[str, int]) -> str:
+    """``greeting-host/address:port``: two daemons on one host differ by their address."""
+    host, port = bound
+    address = f"[{host}]" if ":" in host else host
+    return f"{greeting_name(config)}/{address}:{port}"
+
+
 def _connector(config: FilterConfig) -> SmtpConnector:
     host, port = parse_hostport(config.relay)
-    helo = config.hostname or socket.gethostname()
-    return SmtpConnector(host, port, config.relay_timeout, helo)
+    return SmtpConnector(host, port, config.relay_timeout, greeting_name(config))
