@@ -1,4 +1,5 @@
-"""The filter behind a real Postfix: after the queue (content_filter) and before it (proxy).
+"""The filter behind a real Postfix: after the queue (content_filter) and before it (proxy),
+and after the queue with two filter daemons behind one name (``FilterPool``).
 
 Each test starts a private Postfix (``spamrig.postfix``) and ``spamfilter serve`` as a
 process, sends mail with smtplib from 127.0.0.2 (so the original client differs from
@@ -9,20 +10,24 @@ fails these tests instead of skipping them.
 
 from __future__ import annotations
 
+import collections
 import email
 import os
 import re
 import signal
 import smtplib
+import socket
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from spamrig import LOCALHOST
 from spamrig.daemon import daemon_process, serve_args, wait_for
-from spamrig.postfix import DOMAIN, USER, Postfix, postfix_binary, postfix_instance
+from spamrig.postfix import DOMAIN, USER, Postfix, free_port, postfix_binary, postfix_instance
 from spamrig.synthetic import make_message
 
 # The test bodies only (about 30-50 s here): building the session's tiny model, which
@@ -124,3 +129,74 @@ def test_before_queue_filter_refuses_spam_at_the_client_and_delivers_ham(tiny_mo
         assert any("verdict=reject" in line for line in log)
         assert_delivered(delivered, ham, "NO")
         assert_xforwarded(postfix, 2)  # the refused spam reached the filter's next hop too
+
+
+# Two filter "hosts": loopback addresses other than the client's and Postfix's.
+FILTER_ADDRESSES = ("127.0.0.3", "127.0.0.4")
+
+
+@contextmanager
+def pool_member(postfix: Postfix, model: Path, address: str, *flags: str):
+    """A pool daemon at ``address``; yields (process, its /metrics URL)."""
+    metrics = f"{address}:{free_port(address)}"
+    listen = ("--listen", f"{address}:{postfix.filter_port}", "--metrics-listen", metrics)
+    with daemon_process(serve_args(model, postfix.reinject_port, *listen, *flags)) as started:
+        yield started[0], f"http://{metrics}/metrics"
+
+
+def scrape(url: str) -> tuple[str, float]:
+    """(spamfilter_instance_info's name, messages answered) from a daemon's /metrics."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    [info] = families["spamfilter_instance_info"].samples
+    answered = sum(sample.value for sample in families["spamfilter_messages"].samples)
+    return info.labels["name"], answered
+
+
+def sent_through(postfix: Postfix) -> collections.Counter[str]:
+    """Deliveries to the filter pool, by the address Postfix handed each message to."""
+    pattern = rf"relay=spamfilters\.test\[([\d.]+)\]:{postfix.filter_port}, .* status=sent"
+    return collections.Counter(re.findall(pattern, postfix.log()))
+
+
+def message_ids(messages: list[bytes]) -> list[str]:
+    return sorted(email.message_from_bytes(raw)["Message-ID"] for raw in messages)
+
+
+@pytest.mark.timeout(240, func_only=True)
+def test_two_filter_daemons_share_the_mail_and_one_delivers_all_when_the_other_stops(
+    tiny_model_dir,
+):
+    """40 messages over two daemons behind one name, then 20 with one of them stopped."""
+    first = [make_message(n % 2, 300 + n) for n in range(40)]
+    later = [make_message(n % 2, 400 + n) for n in range(20)]
+    a, b = FILTER_ADDRESSES
+    with postfix_instance("after-queue", FILTER_ADDRESSES) as postfix, ExitStack() as stack:
+        _, a_metrics = stack.enter_context(
+            pool_member(postfix, tiny_model_dir, a, "--instance-name", "filter-a")
+        )
+        b_process, b_metrics = stack.enter_context(pool_member(postfix, tiny_model_dir, b))
+        for raw in first:
+            send(postfix, raw)
+        postfix.wait_delivered(len(first), timeout=120)
+        (a_name, a_count), (b_name, b_count) = scrape(a_metrics), scrape(b_metrics)
+        spread = sent_through(postfix)
+
+        b_process.send_signal(signal.SIGTERM)  # drains, then exits: 127.0.0.4 refuses
+        assert b_process.wait(30) == 0
+        for raw in later:
+            send(postfix, raw)
+        delivered = postfix.wait_delivered(len(first) + len(later), timeout=120)
+        _, a_total = scrape(a_metrics)
+        after = sent_through(postfix) - spread
+        assert "Mail queue is empty" in postfix.run("postqueue", "-p")
+        log = postfix.log()
+
+    # Postfix shuffled the name's two addresses: both daemons scored a share.
+    assert (a_name, b_name) == ("filter-a", f"{socket.gethostname()}/{b}:{postfix.filter_port}")
+    assert a_count > 0 and b_count > 0 and a_count + b_count == len(first), (a_count, b_count)
+    assert spread == {a: a_count, b: b_count}
+    # With b stopped, every later message went to a in the same delivery attempt.
+    assert after == {a: len(later)} and a_total == a_count + len(later)
+    assert "status=deferred" not in log
+    assert message_ids(delivered) == message_ids(first + later)  # each exactly once

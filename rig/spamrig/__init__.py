@@ -9,7 +9,7 @@
 - ``postfix``: a private Postfix instance in a temporary directory
 - ``launch``: ``accelerate launch`` of training/train.py for the training tests
 
-Everything runs on loopback (127.0.0.1) or unix sockets.
+Everything runs on loopback (127.0.0.0/8) or unix sockets.
 """
 
 from pathlib import Path

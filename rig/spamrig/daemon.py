@@ -106,7 +106,7 @@ def _wait_for_port(process: subprocess.Popen, log: list[str]) -> int:
     def read() -> None:
         for line in process.stderr:
             log.append(line)
-            match = re.search(r"serving \S+ on 127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"serving \S+ on 127(?:\.\d+){3}:(\d+)", line)
             if match:
                 found.append(int(match.group(1)))
                 started.set()

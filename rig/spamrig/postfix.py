@@ -6,6 +6,9 @@ daemons and the Maildir owner are not root); the system's /etc/postfix and
 master.cf lines come from ``spamfilter.smtp.postfix``, the same lines README.md quotes.
 
 ``postfix -c DIR start`` needs root (the master daemon binds ports and switches users).
+An instance whose filter is a pool of daemons (``FilterPool``) gets an /etc/hosts of its
+own, in a private mount namespace (``unshare``), so the pool's name resolves to the
+daemons' loopback addresses for this instance alone.
 """
 
 from __future__ import annotations
@@ -18,16 +21,25 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from spamfilter.smtp.postfix import Hops, Mode, format_main_cf, mailbox_main_cf, main_cf, master_cf
+from spamfilter.smtp.postfix import (
+    FilterPool,
+    Hops,
+    Mode,
+    format_main_cf,
+    mailbox_main_cf,
+    main_cf,
+    master_cf,
+)
 from spamrig import LOCALHOST, ROOT
 
 DOMAIN = "example.net"
 USER = "user"
+POOL_NAME = "spamfilters.test"  # the filter pool's host name, in the instance's /etc/hosts
 TIMEOUT = 30.0  # seconds any Postfix command or delivery may take
 SBIN = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
 
@@ -41,11 +53,29 @@ def postfix_binary() -> str | None:
     return shutil.which("postfix", path=SBIN)
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now (the OS's pick, so parallel runs differ)."""
+def free_port(*addresses: str) -> int:
+    """A port nothing listens on now at any of ``addresses`` (default: 127.0.0.1).
+
+    The OS picks it on the first address, so parallel runs differ; a pick taken on
+    another address is dropped and the OS asked again.
+    """
+    first, *others = addresses or (LOCALHOST,)
+    for _ in range(20):
+        with socket.socket() as probe:
+            probe.bind((first, 0))
+            port = probe.getsockname()[1]
+            if all(_bindable(address, port) for address in others):
+                return port
+    raise AssertionError(f"no port free on all of {addresses}")
+
+
+def _bindable(address: str, port: int) -> bool:
     with socket.socket() as probe:
-        probe.bind((LOCALHOST, 0))
-        return probe.getsockname()[1]
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -56,6 +86,7 @@ class Postfix:
     smtp_port: int
     filter_port: int
     reinject_port: int
+    pool: FilterPool | None = None  # several filter daemons, at pool.listen
 
     @property
     def config_dir(self) -> Path:
@@ -137,22 +168,28 @@ def write_config(root: Path, mode: Mode, hops: Hops) -> None:
 
 
 @contextmanager
-def postfix_instance(mode: Mode) -> Iterator[Postfix]:
-    """Start a private Postfix set up for ``mode``; stop it (and kill leftovers) after."""
+def postfix_instance(mode: Mode, filter_addresses: Sequence[str] = ()) -> Iterator[Postfix]:
+    """Start a private Postfix set up for ``mode``; stop it (and kill leftovers) after.
+
+    With ``filter_addresses`` (after the queue), Postfix hands its mail to a FilterPool
+    of daemons listening on those addresses, all on ``filter_port``.
+    """
     root = Path(tempfile.mkdtemp(prefix="spamfilter-postfix-"))
     root.chmod(0o755)  # the daemons run as postfix, the Maildir belongs to nobody
-    instance = Postfix(root, free_port(), free_port(), free_port())
-    hops = Hops(
-        smtp=f"{LOCALHOST}:{instance.smtp_port}",
-        filter=f"{LOCALHOST}:{instance.filter_port}",
-        reinject=f"{LOCALHOST}:{instance.reinject_port}",
-    )
+    filter_port = free_port(*filter_addresses)
+    pool = FilterPool(POOL_NAME, tuple(filter_addresses), filter_port) if filter_addresses else None
+    instance = Postfix(root, free_port(), filter_port, free_port(), pool)
+    smtp, reinject = f"{LOCALHOST}:{instance.smtp_port}", f"{LOCALHOST}:{instance.reinject_port}"
+    if pool:
+        hops = pool.hops(reinject, filter_network="127.0.0.0/8", smtp=smtp)
+    else:
+        hops = Hops(smtp=smtp, filter=f"{LOCALHOST}:{filter_port}", reinject=reinject)
     write_config(root, mode, hops)
     (root / "queue").mkdir(mode=0o755)  # Postfix insists that root owns it
     (root / "mail").mkdir()
     shutil.chown(root / "mail", "nobody", "nogroup")
     try:
-        instance.run("postfix", "start")
+        _start(instance)
         _wait_listening(instance.smtp_port)
         yield instance
     finally:
@@ -163,6 +200,36 @@ def postfix_instance(mode: Mode) -> Iterator[Postfix]:
         )
         _kill_leftovers(root / "conf")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _start(instance: Postfix) -> None:
+    """``postfix start``; for a pool, in a mount namespace with the pool's /etc/hosts.
+
+    The master daemon and every daemon it starts stay in that namespace; commands run
+    from outside it (postqueue, postfix stop) reach them through the queue directory.
+    """
+    if instance.pool is None:
+        instance.run("postfix", "start")
+        return
+    hosts = instance.root / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n{instance.pool.hosts_file()}")
+    hosts.chmod(0o644)
+    postfix = postfix_binary() or "postfix"
+    done = subprocess.run(
+        [
+            *("unshare", "--mount", "--propagation", "private", "--", "sh", "-c"),
+            'mount --bind "$0" /etc/hosts && exec "$@"',
+            *(str(hosts), postfix, "-c", str(instance.config_dir), "start"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    if done.returncode:
+        raise AssertionError(
+            f"postfix start in a private mount namespace failed (needs unshare and root):\n"
+            f"{done.stdout}{done.stderr}"
+        )
 
 
 def _wait_listening(port: int) -> None:

@@ -15,6 +15,14 @@ spam is refused, not bounced. A filter that is down makes smtpd answer 451.
 
 Both hand the original client to the filter with XFORWARD, and the filter passes it on,
 so the re-injection smtpd logs (and writes in its Received header) the real client.
+
+Several filter hosts (after the queue; ``FilterPool``): ``content_filter`` names one host
+name with an address record per filter daemon. Postfix's smtp client shuffles a host's
+addresses for each delivery (``smtp_randomize_addresses``), which spreads the mail, and
+tries the next address in the same delivery when one refuses the connection, times out
+or answers 4xx, which fails over with no deferral. A comma-separated list of next hops
+(Postfix 3.5 and later) would only fail over: its destinations are tried in order, so
+the first gets all the mail.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ class Hops:
     filter: str = "127.0.0.1:10025"  # spamfilter serve --listen
     reinject: str = "127.0.0.1:10026"  # spamfilter serve --relay: the re-injection smtpd
     filter_network: str = "127.0.0.0/8"  # where the filter connects to Postfix from
+    filter_hosts: int = 1  # daemons behind the filter's host name, one address record each
 
     @property
     def content_filter(self) -> str:
@@ -42,6 +51,42 @@ class Hops:
         host, _, port = self.filter.rpartition(":")
         return f"spamfilter:[{host}]:{port}"
 
+
+@dataclass(frozen=True)
+class FilterPool:
+    """Several filter daemons behind one host name, each on its own address, same port.
+
+    The name needs one address record per daemon, in DNS or in Postfix's /etc/hosts (the
+    filter transport looks it up with ``smtp_host_lookup=native``: nsswitch.conf's order).
+    """
+
+    name: str = "spamfilters.example.net"
+    addresses: tuple[str, ...] = ("192.0.2.11", "192.0.2.12")  # documentation addresses
+    port: int = 10025
+
+    @property
+    def listen(self) -> list[str]:
+        """Each daemon's ``spamfilter serve --listen``."""
+        return [f"{address}:{self.port}" for address in self.addresses]
+
+    def hosts_file(self) -> str:
+        """The /etc/hosts lines that give the name its addresses (where DNS does not)."""
+        return "".join(f"{address}  {self.name}\n" for address in self.addresses)
+
+    def hops(self, reinject: str, filter_network: str, smtp: str = "smtp") -> Hops:
+        """The hops of a Postfix that hands its mail to this pool."""
+        return Hops(
+            smtp=smtp,
+            filter=f"{self.name}:{self.port}",
+            reinject=reinject,
+            filter_network=filter_network,
+            filter_hosts=len(self.addresses),
+        )
+
+
+# docs/postfix.md's example: Postfix on 192.0.2.10, two filter hosts on its network.
+POOL_EXAMPLE = FilterPool()
+POOL_EXAMPLE_HOPS = POOL_EXAMPLE.hops(reinject="192.0.2.10:10026", filter_network="192.0.2.0/24")
 
 # docker/compose.yaml: the filter is the "filter" container, Postfix's re-injection
 # smtpd listens on all its interfaces, and the network's subnet is fixed.
@@ -71,7 +116,8 @@ def master_cf(mode: Mode, hops: Hops = Hops()) -> str:
     """
     reinjection = _service(hops.reinject, "inet", "smtpd", _reinjection(hops, mode))
     if mode == "after-queue":
-        return _join(_service("spamfilter", "unix", "smtp", _filter_client(), "10"), reinjection)
+        client = _filter_client(hops.filter_hosts)
+        return _join(_service("spamfilter", "unix", "smtp", client, "10"), reinjection)
     proxy = [
         f"-o smtpd_proxy_filter={hops.filter}",
         "-o smtpd_proxy_options=speed_adjust",
@@ -84,13 +130,25 @@ def _join(*services: str) -> str:
     return "\n".join(services) + "\n"
 
 
-def _filter_client() -> list[str]:
-    """The smtp client that delivers queued mail to the filter."""
-    return [
+def _filter_client(filter_hosts: int) -> list[str]:
+    """The smtp client that delivers queued mail to the filter (or to one of several)."""
+    options = [
         "-o smtp_send_xforward_command=yes",  # the filter learns the original client
         "-o disable_mime_output_conversion=yes",  # hand over the bytes as received
         "-o smtp_generic_maps=",
     ]
+    if filter_hosts > 1:
+        options += [
+            "-o smtp_host_lookup=native",  # the pool's name: /etc/hosts or DNS A records
+            "-o smtp_randomize_addresses=yes",  # the default, relied on: spread the mail
+            # One delivery may try every filter host: refused or timed-out connections
+            # count against the address limit, sessions that got past EHLO (then 4xx)
+            # against the session limit (defaults 5 and 2).
+            f"-o smtp_mx_address_limit={filter_hosts}",
+            f"-o smtp_mx_session_limit={filter_hosts}",
+            "-o smtp_connect_timeout=5s",  # a host that is off costs 5 s, not 30, per try
+        ]
+    return options
 
 
 def _reinjection(hops: Hops, mode: Mode) -> list[str]:
