@@ -16,7 +16,15 @@ import pytest
 import yaml
 
 from spamfilter.config import FilterConfig
-from spamfilter.smtp.postfix import COMPOSE_HOPS, MODES, format_main_cf, main_cf, master_cf
+from spamfilter.smtp.postfix import (
+    COMPOSE_HOPS,
+    MODES,
+    POOL_EXAMPLE,
+    POOL_EXAMPLE_HOPS,
+    format_main_cf,
+    main_cf,
+    master_cf,
+)
 from spamrig import ROOT
 
 DOCKER = ROOT / "docker"
@@ -25,6 +33,12 @@ SHIPPED_SNIPPETS = {
     "README.md": [format_main_cf(main_cf("after-queue"))] + [master_cf(mode) for mode in MODES],
     "docker/postfix/main.cf": [format_main_cf(main_cf("after-queue", COMPOSE_HOPS))],
     "docker/postfix/master.cf": [master_cf("after-queue", COMPOSE_HOPS)],
+    "docs/postfix.md": [  # Several filter hosts
+        format_main_cf(main_cf("after-queue", POOL_EXAMPLE_HOPS)),
+        master_cf("after-queue", POOL_EXAMPLE_HOPS),
+        POOL_EXAMPLE.hosts_file(),
+        *(f"--listen {at} --relay {POOL_EXAMPLE_HOPS.reinject}" for at in POOL_EXAMPLE.listen),
+    ],
 }
 
 
