@@ -102,9 +102,12 @@ class FilterConfig:
     threads: int = field(
         default=0, metadata=_help("CPU threads for scoring; 0: the runtime's default")
     )
-    batch_size: int = field(default=8, metadata=_help("most messages scored in one model call"))
-    batch_wait_ms: float = field(
-        default=5.0, metadata=_help("longest wait (ms) for a batch to fill before scoring it")
+    batch_size: int = field(
+        default=8,
+        metadata=_help(
+            "most messages scored in one model call (those that queued while the model was "
+            "busy; an idle model scores a message at once)"
+        ),
     )
     queue_size: int = field(
         default=256, metadata=_help("messages waiting for the model before new ones get 451")

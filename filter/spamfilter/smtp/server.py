@@ -78,7 +78,6 @@ class FilterDaemon:
         self.batcher = MicroBatcher(
             self.scorer.score_raw,
             max_batch=config.batch_size,
-            max_wait=config.batch_wait_ms / 1000,
             queue_size=config.queue_size,
             on_batch=self.metrics.observe_batch,
         )
