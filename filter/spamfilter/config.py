@@ -13,18 +13,11 @@ from typing import Literal
 
 from spamfilter.model.modeldir import probability_problem
 from spamfilter.model.precision import DEFAULT_PRECISION, Precision
+from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
-
-
-def parse_hostport(value: str) -> tuple[str, int]:
-    """``'127.0.0.1:10025'`` or ``'[::1]:10025'`` -> (host, port); ValueError if malformed."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port, not {value!r}")
-    return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -33,10 +26,12 @@ class FilterConfig:
 
     model: str = field(default="", metadata=_help("model directory written by training"))
     listen: str = field(
-        default="127.0.0.1:10025", metadata=_help("host:port the filter accepts SMTP on")
+        default="127.0.0.1:10025",
+        metadata=_help("host:port or unix:/path/to.sock the filter accepts SMTP on"),
     )
     relay: str = field(
-        default="127.0.0.1:10026", metadata=_help("host:port of the next hop mail goes to")
+        default="127.0.0.1:10026",
+        metadata=_help("host:port or unix:/path/to.sock of the next hop mail goes to"),
     )
     allowed_networks: list[str] = field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
@@ -150,12 +145,13 @@ class FilterConfig:
         problems = []
         if not self.model:
             problems.append("'model' is required: the model directory to serve")
-        addresses = [("listen", self.listen), ("relay", self.relay)]
-        if self.metrics_listen:
-            addresses.append(("metrics_listen", self.metrics_listen))
-        for name, value in addresses:
+        for name, parse in [
+            ("listen", Endpoint.parse),
+            ("relay", Endpoint.parse),
+            *([("metrics_listen", parse_hostport)] if self.metrics_listen else []),
+        ]:
             try:
-                parse_hostport(value)
+                parse(getattr(self, name))
             except ValueError as error:
                 problems.append(f"'{name}': {error}")
         for network in self.allowed_networks:

@@ -23,11 +23,12 @@ import socket
 from collections.abc import Callable
 
 from spamfilter import configload
-from spamfilter.config import FilterConfig, parse_hostport
+from spamfilter.config import FilterConfig
 from spamfilter.model.classifier import Classifier, Scorer
 from spamfilter.model.modeldir import ModelDirError, model_id, read_card
 from spamfilter.smtp import access
 from spamfilter.smtp.batcher import MicroBatcher
+from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 from spamfilter.smtp.handler import FilterHandler, Rules
 from spamfilter.smtp.policy import Policy
 from spamfilter.smtp.prometheus import FilterMetrics, serve_http
@@ -84,19 +85,21 @@ class FilterDaemon:
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.batcher.start()
         self.handler = FilterHandler(self.rules, self.batcher, _connector(config), self.metrics)
-        host, port = parse_hostport(config.listen)
-        smtp = await asyncio.get_running_loop().create_server(self._protocol, host, port)
+        self.listening = Endpoint.parse(config.listen)
+        smtp = await self.listening.serve(self._protocol)
         self._servers.append(smtp)
-        self.smtp_address = smtp.sockets[0].getsockname()[:2]
+        self.listening = self.listening.bound(smtp)
+        # (host, port) for TCP, the socket path for a Unix socket
+        self.smtp_address = self.listening.path or (self.listening.host, self.listening.port)
         if config.metrics_listen:
             host, port = parse_hostport(config.metrics_listen)
             http = await serve_http(self.metrics, self._healthy, host, port)
             self._servers.append(http)
             self.metrics_address = http.sockets[0].getsockname()[:2]
         log.info(
-            "serving %s on %s:%d, relaying to %s, tag=%g, metrics on %s",
+            "serving %s on %s, relaying to %s, tag=%g, metrics on %s",
             self.model_id,
-            *self.smtp_address,
+            self.listening,
             config.relay,
             self.rules.policy.tag,
             config.metrics_listen or "(off)",
@@ -205,6 +208,8 @@ class FilterDaemon:
         for server in self._servers:
             server.close()
             await server.wait_closed()
+        if hasattr(self, "listening"):
+            self.listening.remove_socket_file()
         if hasattr(self, "batcher"):
             await self.batcher.aclose()
 
@@ -221,6 +226,5 @@ def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
 
 
 def _connector(config: FilterConfig) -> SmtpConnector:
-    host, port = parse_hostport(config.relay)
     helo = config.hostname or socket.gethostname()
-    return SmtpConnector(host, port, config.relay_timeout, helo)
+    return SmtpConnector(Endpoint.parse(config.relay), config.relay_timeout, helo)
