@@ -108,10 +108,10 @@ class LoopThread:
 
 
 class SinkSMTP(SMTP):
-    """aiosmtpd taking message lines of up to 1 MiB, as Postfix's smtpd takes any length
-    (it splits them into records and joins them again on delivery)."""
+    """aiosmtpd taking message lines of any length the tests send (64 MiB), as Postfix's
+    smtpd takes any length (it splits them into records and joins them again on delivery)."""
 
-    line_length_limit = 1 << 20
+    line_length_limit = 1 << 26
 
 
 @contextmanager
