@@ -13,6 +13,7 @@ from typing import Literal
 
 from spamfilter.model.modeldir import probability_problem
 from spamfilter.model.precision import DEFAULT_PRECISION, Precision
+from spamfilter.smtp import lists
 from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 
 
@@ -86,6 +87,38 @@ class FilterConfig:
         default="pass",
         metadata=_help(
             "when scoring fails: pass (relay with X-Spam-Status: unknown) or tempfail (451)"
+        ),
+    )
+    allow: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "allow-list entries (sender:, sender-domain:, recipient:, recipient-domain:, "
+            "network:): never tagged, quarantined or refused; still scored and headed"
+        ),
+    )
+    deny: list[str] = field(
+        default_factory=list,
+        metadata=_help("deny-list entries (same kinds; they win over allow): always deny_action"),
+    )
+    deny_action: Literal["tag", "quarantine", "reject"] = field(
+        default="tag",
+        metadata=_help(
+            "what denylisted mail gets at least: tag, quarantine (needs quarantine_dir) or "
+            "reject (550 5.7.1; before-queue set-ups only, like reject)"
+        ),
+    )
+    recipient_thresholds: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "per-recipient thresholds: 'recipient:ADDRESS tag=0.3 quarantine=0.9' or "
+            "'recipient-domain:DOMAIN ...' (keys tag, quarantine, reject)"
+        ),
+    )
+    lists_file: str = field(
+        default="",
+        metadata=_help(
+            "file of 'allow ENTRY', 'deny ENTRY' and 'thresholds RULE' lines, added to the "
+            "above and re-read on SIGHUP; empty: none"
         ),
     )
     precision: Precision = field(
@@ -167,6 +200,7 @@ class FilterConfig:
             if getattr(self, name) < 1:
                 problems.append(f"'{name}' must be at least 1")
         problems += self._access_problems()
+        problems += self._list_problems()
         if not self.subject_tag.isascii():
             problems.append("'subject_tag' must be ASCII (it goes into the raw Subject header)")
         if self.session_timeout <= self.score_timeout + self.relay_timeout:
@@ -175,6 +209,23 @@ class FilterConfig:
                 "'session_timeout' must exceed score_timeout + relay_timeout, or a client "
                 "could be cut off while its message is being relayed"
             )
+        return problems
+
+    def _list_problems(self) -> list[str]:
+        """Entries that do not parse (the lists_file is read when the rules are built)."""
+        problems = []
+        for name, parse in (
+            ("allow", lists.parse_entry),
+            ("deny", lists.parse_entry),
+            ("recipient_thresholds", lists.parse_threshold_rule),
+        ):
+            for text in getattr(self, name):
+                try:
+                    parse(text)
+                except ValueError as error:
+                    problems.append(f"'{name}': {error}")
+        if self.deny_action == "quarantine" and not self.quarantine_dir:
+            problems.append("'deny_action: quarantine' needs quarantine_dir")
         return problems
 
     def _access_problems(self) -> list[str]:

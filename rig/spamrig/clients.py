@@ -38,10 +38,16 @@ class UnixSMTP(smtplib.SMTP):
         return unix
 
 
-def send(port: int, raw: bytes, recipients: Sequence[str] = ("user@example.net",), **kw) -> dict:
+def send(
+    port: int,
+    raw: bytes,
+    recipients: Sequence[str] = ("user@example.net",),
+    sender: str = "sender@example.org",
+    **kw,
+) -> dict:
     """Send one message; the refused-recipients dict smtplib returns."""
     with client(port) as smtp:
-        return smtp.sendmail("sender@example.org", list(recipients), raw, **kw)
+        return smtp.sendmail(sender, list(recipients), raw, **kw)
 
 
 def spam_headers(content: bytes) -> dict[str, str]:

@@ -29,6 +29,7 @@ class FilterSession(Session):
         # True from an accepted MAIL FROM until the answer to DATA (or RSET): the next
         # hop has an open transaction, and SIGTERM must let this session finish.
         self.in_transaction = False
+        self.xforward: dict[str, str] = {}  # the MTA's last XFORWARD attributes (xtext)
 
 
 class FilterSMTP(SMTP):

@@ -26,7 +26,7 @@ from spamfilter import configload
 from spamfilter.config import FilterConfig
 from spamfilter.model.classifier import Classifier, Scorer
 from spamfilter.model.modeldir import ModelDirError, model_id, read_card
-from spamfilter.smtp import access
+from spamfilter.smtp import access, lists
 from spamfilter.smtp.batcher import MicroBatcher
 from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 from spamfilter.smtp.handler import FilterHandler, Rules
@@ -178,10 +178,13 @@ class FilterDaemon:
         self.gate.configure(config.allowed_networks, config.max_connections)
         self.metrics.reloads.labels("ok").inc()
         log.info(
-            "reloaded: tag=%g quarantine=%s reject=%s",
+            "reloaded: tag=%g quarantine=%s reject=%s; lists: %d allow, %d deny, %d thresholds",
             rules.policy.tag,
             rules.policy.quarantine,
             rules.policy.reject,
+            len(rules.lists.allow),
+            len(rules.lists.deny),
+            len(rules.lists.thresholds),
         )
 
     # 4. drain ----------------------------------------------------------------------------
@@ -217,11 +220,21 @@ class FilterDaemon:
 def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
     """The rules from ``config`` and the model directory's current spamfilter.json."""
     card = read_card(config.model)
+    policy = Policy.build(config, card, loaded_model_id)
+    found = lists.from_config(
+        config.allow, config.deny, config.recipient_thresholds, config.lists_file
+    )
+    for rule in found.thresholds:
+        if rule.reject is not None and policy.reject is None:
+            raise ValueError(f"recipient thresholds {rule.entry}: reject= needs 'reject: true'")
+        if rule.quarantine is not None and not config.quarantine_dir:
+            raise ValueError(f"recipient thresholds {rule.entry}: quarantine= needs quarantine_dir")
     return Rules(
-        policy=Policy.build(config, card, loaded_model_id),
+        policy=policy,
         quarantine_dir=config.quarantine_dir,
         score_timeout=config.score_timeout,
         max_recipients=config.max_recipients,
+        lists=found,
     )
 
 
