@@ -4,7 +4,8 @@ MAIL FROM and RCPT TO are forwarded to the next hop and answered with its reply 
 ``relay.py`` for why). At DATA: strip incoming X-Spam-* headers, score (through the
 micro-batcher), decide, then relay, quarantine or refuse, and answer with an explicit
 status line. 250 is only ever the next hop's 250 (or a quarantine write that
-succeeded); everything that fails on our side is a 4xx, so the MTA keeps the message.
+succeeded; for recipients split into groups by the lists, ``routing.py``, once every
+group is held); everything that fails on our side is a 4xx, so the MTA keeps the message.
 
 aiosmtpd finds hooks by name (``handle_<COMMAND>``); a misspelt hook is silently
 never called, which is why ``HOOKS`` lists them and a test proves each one runs.
@@ -131,7 +132,7 @@ class FilterHandler:
             return str(BAD_RECIPIENT)
         if session.next_hop is None:
             return str(NO_NEXT_HOP)
-        if self._denied_at_rcpt(_facts(session, envelope), address):
+        if self._denied_at_rcpt(session, envelope, address):
             return str(DENIED)
         try:
             reply = await session.next_hop.rcpt(address)
@@ -211,11 +212,12 @@ class FilterHandler:
             log.exception("scoring failed")
         return None
 
-    def _denied_at_rcpt(self, facts: Facts, recipient: str) -> bool:
+    def _denied_at_rcpt(self, session: FilterSession, envelope: Envelope, recipient: str) -> bool:
         """With ``deny_action: reject``, a recipient whose copy the envelope already denies
         is refused at RCPT: the one moment SMTP answers for each recipient alone."""
-        if self.rules.policy.deny is not Verdict.REJECT:
+        if self.rules.policy.deny is not Verdict.REJECT or not self.rules.lists.deny:
             return False
+        facts = _facts(session, envelope)
         listing = self.rules.lists.listing(facts, recipient)
         if listing is None or not listing.denied:
             return False
@@ -261,7 +263,7 @@ class FilterHandler:
         local write, so a failure there delivers nothing), then each relayed group in a
         transaction of its own; 250 once every group is held."""
         await self._end_transaction(session)  # the next hop's transaction for everyone
-        held = []
+        held: list[Group] = []
         for group in sorted(groups, key=lambda group: group.verdict is not Verdict.QUARANTINE):
             message = group.policy.rewrite(raw, score, group.listing)
             if group.verdict is Verdict.QUARANTINE:

@@ -24,6 +24,7 @@ header only when it names one address; a deny entry matches any address in it.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -52,8 +53,7 @@ class Entry:
 
     def matches(self, facts: Facts, recipient: str, action: Action) -> bool:
         if self.kind == "network":
-            network = ipaddress.ip_network(self.value)
-            return facts.client is not None and facts.client in network
+            return facts.client is not None and facts.client in _network(self.value)
         if self.kind.startswith("recipient"):
             addresses: Iterable[str] = (recipient.lower(),)
         else:
@@ -247,6 +247,11 @@ def client_address(xforward_addr: str, peer: object) -> IPAddress | None:
         return ipaddress.ip_address(candidate.split("%")[0])
     except ValueError:
         return None  # [UNAVAILABLE], a Unix socket, nothing
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(value)
 
 
 def _in_domain(address: str, domain: str) -> bool:
