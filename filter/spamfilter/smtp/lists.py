@@ -51,7 +51,9 @@ class Entry:
     def __str__(self) -> str:
         return f"{self.kind}:{self.value}"
 
-    def matches(self, facts: Facts, recipient: str, action: Action) -> bool:
+    def matches(self, facts: Facts, recipient: str, action: Action = "deny") -> bool:
+        """Whether ``recipient``'s copy matches; ``action`` decides which From addresses
+        count (``Facts.senders``)."""
         if self.kind == "network":
             return facts.client is not None and facts.client in _network(self.value)
         if self.kind.startswith("recipient"):
@@ -127,10 +129,9 @@ class Lists:
         return None
 
     def thresholds_for(self, recipient: str) -> ThresholdRule | None:
+        """The recipient's rule: one for its address before one for its domain."""
         rules = sorted(self.thresholds, key=lambda rule: rule.entry.kind != "recipient")
-        return next(
-            (rule for rule in rules if rule.entry.matches(Facts(), recipient, "deny")), None
-        )
+        return next((rule for rule in rules if rule.entry.matches(Facts(), recipient)), None)
 
     def extended(self, other: Lists) -> Lists:
         return Lists(
