@@ -49,7 +49,6 @@ def parse_args() -> argparse.Namespace:
         "--concurrency", default="1,4,16,64", help="client counts (default 1,4,16,64)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="daemon batch (default 8)")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="(default 5)")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument("--threads", type=int, default=0, help="scoring threads; 0: default")
     parser.add_argument("--mail-dir", type=Path, help="directory of raw messages to send")
@@ -113,8 +112,6 @@ def start_filter(args: argparse.Namespace, sink_port: int) -> tuple[subprocess.P
         "",
         "--batch-size",
         str(args.batch_size),
-        "--batch-wait-ms",
-        str(args.batch_wait_ms),
         "--precision",
         args.precision,
         "--threads",
@@ -201,7 +198,6 @@ def main() -> None:
         "model": str(args.model),
         "precision": args.precision,
         "threads": args.threads,
-        "batch_wait_ms": args.batch_wait_ms,
         "machine": platform.platform(),
         "cpus": os.cpu_count(),
         "smtp": runs,

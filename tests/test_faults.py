@@ -275,6 +275,8 @@ def test_sigkill_under_load_loses_nothing_answered_250(tiny_model_dir):
     outcomes, deliveries, code = load_then_signal(tiny_model_dir, signal.SIGKILL)
     assert code == -signal.SIGKILL
     figures = account(outcomes, deliveries)
-    assert figures["answered 250"] >= 60
-    # at most one message per connection was between the next hop's 250 and ours
+    # at most one message per connection was between the next hop's 250 and ours ...
     assert figures["delivered, not answered 250 (a duplicate on retry)"] <= 16
+    # ... so of the 60 the sink held before the kill, at least 60 - 16 were answered (not
+    # all 60: messages reach the sink one by one, not in batch-sized bursts)
+    assert figures["answered 250"] >= 60 - 16

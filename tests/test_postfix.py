@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from spamrig import LOCALHOST
 from spamrig.daemon import daemon_process, serve_args, wait_for
 from spamrig.postfix import DOMAIN, USER, Postfix, free_port, postfix_binary, postfix_instance
-from spamrig.synthetic import make_message
+from spamrig.synthetic import long_line_message, make_message
 
 # The test bodies only (about 30-50 s here): building the session's tiny model, which
 # can take minutes on a busy CPU, is not counted.
@@ -200,3 +200,17 @@ def test_two_filter_daemons_share_the_mail_and_one_delivers_all_when_the_other_s
     assert after == {a: len(later)} and a_total == a_count + len(later)
     assert "status=deferred" not in log
     assert message_ids(delivered) == message_ids(first + later)  # each exactly once
+
+
+def test_before_queue_long_lines_reach_the_mailbox_byte_for_byte(tiny_model_dir):
+    """1,500- and 10,000-byte body lines: client -> Postfix smtpd -> filter -> Postfix."""
+    wide = {length: long_line_message(length).replace(b"\r\n", b"\n") for length in (1_500, 10_000)}
+    with postfix_instance("before-queue") as postfix:
+        with spamfilter(postfix, tiny_model_dir) as log:
+            for raw in wide.values():
+                send(postfix, raw)
+            delivered = sorted(postfix.wait_delivered(2), key=len)
+        assert not any("Line too long" in line for line in log)
+    for message, raw in zip(delivered, wide.values(), strict=True):
+        assert email.message_from_bytes(message)["X-Spam-Status"]
+        assert message.endswith(raw), "Postfix delivered a changed message"

@@ -10,31 +10,67 @@ import pytest
 from spamfilter.smtp.batcher import MicroBatcher, Overloaded
 
 
-def test_batcher_batches_waiting_messages_and_reports_overload():
-    release = threading.Event()
-    batches = []
+class GatedScorer:
+    """A scorer that records the batch sizes it is called with and holds each batch until
+    ``release`` is set; ``entered`` is set once a batch is in it."""
 
-    def score(messages):
-        release.wait(5)
-        batches.append(len(messages))
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def __call__(self, messages):
+        self.entered.set()
+        self.release.wait(5)
+        self.batches.append(len(messages))
         return [len(raw) / 10 for raw in messages]
 
+
+async def _yield_to_the_loop(times: int = 3) -> None:
+    for _ in range(times):  # no time passes: other ready tasks (the batcher) run
+        await asyncio.sleep(0)
+
+
+def test_a_lone_message_goes_to_an_idle_model_at_once():
+    """B arrives a few loop turns after A: A is already in the model, so B is not in A's batch
+    (a batcher that waited for a batch to fill, as batch_wait_ms did, scored them together)."""
+    scorer = GatedScorer()
+
     async def scenario():
-        batcher = MicroBatcher(score, max_batch=4, max_wait=0.05, queue_size=5)
+        batcher = MicroBatcher(scorer, max_batch=4)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score(b"a"))
+        await _yield_to_the_loop()
+        second = asyncio.ensure_future(batcher.score(b"bb"))
+        await _yield_to_the_loop()
+        scorer.release.set()
+        results = await asyncio.gather(first, second)
+        await batcher.aclose()
+        return results
+
+    assert asyncio.run(scenario()) == [0.1, 0.2]
+    assert scorer.batches == [1, 1]
+
+
+def test_messages_arriving_while_the_model_is_busy_form_the_next_batch_and_overload_451s():
+    scorer = GatedScorer()
+
+    async def scenario():
+        batcher = MicroBatcher(scorer, max_batch=4, queue_size=5)
         batcher.start()
         first = asyncio.ensure_future(batcher.score(b"x"))
-        await asyncio.sleep(0.1)  # the first batch (of one) is in the model
+        await asyncio.get_running_loop().run_in_executor(None, scorer.entered.wait, 5)
         waiting = [asyncio.ensure_future(batcher.score(b"y" * n)) for n in range(1, 6)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
             await batcher.score(b"one too many")
-        release.set()
+        scorer.release.set()
         results = await asyncio.gather(first, *waiting)
         await batcher.aclose()
         return results
 
     assert asyncio.run(scenario()) == [0.1, 0.1, 0.2, 0.3, 0.4, 0.5]
-    assert batches == [1, 4, 1]
+    assert scorer.batches == [1, 4, 1]  # batches of at most max_batch
 
 
 def test_batcher_passes_scorer_errors_to_every_waiting_message():
@@ -42,7 +78,7 @@ def test_batcher_passes_scorer_errors_to_every_waiting_message():
         raise RuntimeError("model crashed")
 
     async def scenario():
-        batcher = MicroBatcher(broken, max_batch=2, max_wait=0.01)
+        batcher = MicroBatcher(broken, max_batch=2)
         batcher.start()
         results = await asyncio.gather(
             batcher.score(b"a"), batcher.score(b"b"), return_exceptions=True

@@ -13,18 +13,12 @@ from typing import Literal
 
 from spamfilter.model.modeldir import probability_problem
 from spamfilter.model.precision import DEFAULT_PRECISION, Precision
+from spamfilter.smtp import lists
+from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
-
-
-def parse_hostport(value: str) -> tuple[str, int]:
-    """``'127.0.0.1:10025'`` or ``'[::1]:10025'`` -> (host, port); ValueError if malformed."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port, not {value!r}")
-    return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -33,10 +27,12 @@ class FilterConfig:
 
     model: str = field(default="", metadata=_help("model directory written by training"))
     listen: str = field(
-        default="127.0.0.1:10025", metadata=_help("host:port the filter accepts SMTP on")
+        default="127.0.0.1:10025",
+        metadata=_help("host:port or unix:/path/to.sock the filter accepts SMTP on"),
     )
     relay: str = field(
-        default="127.0.0.1:10026", metadata=_help("host:port of the next hop mail goes to")
+        default="127.0.0.1:10026",
+        metadata=_help("host:port or unix:/path/to.sock of the next hop mail goes to"),
     )
     allowed_networks: list[str] = field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
@@ -93,6 +89,38 @@ class FilterConfig:
             "when scoring fails: pass (relay with X-Spam-Status: unknown) or tempfail (451)"
         ),
     )
+    allow: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "allow-list entries (sender:, sender-domain:, recipient:, recipient-domain:, "
+            "network:): never tagged, quarantined or refused; still scored and headed"
+        ),
+    )
+    deny: list[str] = field(
+        default_factory=list,
+        metadata=_help("deny-list entries (same kinds; they win over allow): always deny_action"),
+    )
+    deny_action: Literal["tag", "quarantine", "reject"] = field(
+        default="tag",
+        metadata=_help(
+            "what denylisted mail gets at least: tag, quarantine (needs quarantine_dir) or "
+            "reject (550 5.7.1; before-queue set-ups only, like reject)"
+        ),
+    )
+    recipient_thresholds: list[str] = field(
+        default_factory=list,
+        metadata=_help(
+            "per-recipient thresholds: 'recipient:ADDRESS tag=0.3 quarantine=0.9' or "
+            "'recipient-domain:DOMAIN ...' (keys tag, quarantine, reject)"
+        ),
+    )
+    lists_file: str = field(
+        default="",
+        metadata=_help(
+            "file of 'allow ENTRY', 'deny ENTRY' and 'thresholds RULE' lines, added to the "
+            "above and re-read on SIGHUP; empty: none"
+        ),
+    )
     precision: Precision = field(
         default=DEFAULT_PRECISION,
         metadata=_help(
@@ -102,9 +130,12 @@ class FilterConfig:
     threads: int = field(
         default=0, metadata=_help("CPU threads for scoring; 0: the runtime's default")
     )
-    batch_size: int = field(default=8, metadata=_help("most messages scored in one model call"))
-    batch_wait_ms: float = field(
-        default=5.0, metadata=_help("longest wait (ms) for a batch to fill before scoring it")
+    batch_size: int = field(
+        default=8,
+        metadata=_help(
+            "most messages scored in one model call (those that queued while the model was "
+            "busy; an idle model scores a message at once)"
+        ),
     )
     queue_size: int = field(
         default=256, metadata=_help("messages waiting for the model before new ones get 451")
@@ -154,12 +185,13 @@ class FilterConfig:
         problems = []
         if not self.model:
             problems.append("'model' is required: the model directory to serve")
-        addresses = [("listen", self.listen), ("relay", self.relay)]
-        if self.metrics_listen:
-            addresses.append(("metrics_listen", self.metrics_listen))
-        for name, value in addresses:
+        for name, parse in [
+            ("listen", Endpoint.parse),
+            ("relay", Endpoint.parse),
+            *([("metrics_listen", parse_hostport)] if self.metrics_listen else []),
+        ]:
             try:
-                parse_hostport(value)
+                parse(getattr(self, name))
             except ValueError as error:
                 problems.append(f"'{name}': {error}")
         for network in self.allowed_networks:
@@ -175,6 +207,7 @@ class FilterConfig:
             if getattr(self, name) < 1:
                 problems.append(f"'{name}' must be at least 1")
         problems += self._access_problems()
+        problems += self._list_problems()
         if not self.subject_tag.isascii():
             problems.append("'subject_tag' must be ASCII (it goes into the raw Subject header)")
         if self.session_timeout <= self.score_timeout + self.relay_timeout:
@@ -183,6 +216,23 @@ class FilterConfig:
                 "'session_timeout' must exceed score_timeout + relay_timeout, or a client "
                 "could be cut off while its message is being relayed"
             )
+        return problems
+
+    def _list_problems(self) -> list[str]:
+        """Entries that do not parse (the lists_file is read when the rules are built)."""
+        problems = []
+        for name, parse in (
+            ("allow", lists.parse_entry),
+            ("deny", lists.parse_entry),
+            ("recipient_thresholds", lists.parse_threshold_rule),
+        ):
+            for text in getattr(self, name):
+                try:
+                    parse(text)
+                except ValueError as error:
+                    problems.append(f"'{name}': {error}")
+        if self.deny_action == "quarantine" and not self.quarantine_dir:
+            problems.append("'deny_action: quarantine' needs quarantine_dir")
         return problems
 
     def _access_problems(self) -> list[str]:

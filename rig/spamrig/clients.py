@@ -24,10 +24,30 @@ def client(port: int) -> smtplib.SMTP:
     return smtplib.SMTP(LOCALHOST, port, local_hostname="client.test", timeout=WAIT)
 
 
-def send(port: int, raw: bytes, recipients: Sequence[str] = ("user@example.net",), **kw) -> dict:
+class UnixSMTP(smtplib.SMTP):
+    """smtplib's SMTP client over a Unix socket: ``UnixSMTP("/path/to.sock")``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(local_hostname="client.test", timeout=WAIT)
+        self.connect(path)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.settimeout(timeout)
+        unix.connect(host)
+        return unix
+
+
+def send(
+    port: int,
+    raw: bytes,
+    recipients: Sequence[str] = ("user@example.net",),
+    sender: str = "sender@example.org",
+    **kw,
+) -> dict:
     """Send one message; the refused-recipients dict smtplib returns."""
     with client(port) as smtp:
-        return smtp.sendmail("sender@example.org", list(recipients), raw, **kw)
+        return smtp.sendmail(sender, list(recipients), raw, **kw)
 
 
 def spam_headers(content: bytes) -> dict[str, str]:

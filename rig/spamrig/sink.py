@@ -1,7 +1,8 @@
 """The next hop, as tests need it: a capturing sink, and a scripted one that misbehaves.
 
-Each runs on 127.0.0.1 with an ephemeral port, on an event loop in a thread of its own
-(``LoopThread``), so tests drive the filter with plain blocking ``smtplib``.
+Each runs on 127.0.0.1 with an ephemeral port (the sink also on a Unix socket), on an
+event loop in a thread of its own (``LoopThread``), so tests drive the filter with plain
+blocking ``smtplib``.
 """
 
 from __future__ import annotations
@@ -106,21 +107,35 @@ class LoopThread:
         self.loop.close()
 
 
+class SinkSMTP(SMTP):
+    """aiosmtpd taking message lines of any length the tests send (64 MiB), as Postfix's
+    smtpd takes any length (it splits them into records and joins them again on delivery)."""
+
+    line_length_limit = 1 << 26
+
+
 @contextmanager
-def sink(behaviour: SinkBehaviour | None = None) -> Iterator[tuple[SinkHandler, int]]:
-    """A capturing SMTP server (aiosmtpd, 8BITMIME/SMTPUTF8/SIZE); yields (handler, port)."""
+def sink(
+    behaviour: SinkBehaviour | None = None, unix_path: str = ""
+) -> Iterator[tuple[SinkHandler, int]]:
+    """A capturing SMTP server (aiosmtpd, 8BITMIME/SMTPUTF8/SIZE); yields (handler, port).
+
+    With ``unix_path`` it listens on that Unix socket instead (and yields port 0).
+    """
     handler = SinkHandler(behaviour or SinkBehaviour())
     runner = LoopThread()
 
     async def start() -> asyncio.Server:
         def protocol() -> SMTP:
-            return SMTP(handler, enable_SMTPUTF8=True, hostname="sink", loop=runner.loop)
+            return SinkSMTP(handler, enable_SMTPUTF8=True, hostname="sink", loop=runner.loop)
 
+        if unix_path:
+            return await runner.loop.create_unix_server(protocol, unix_path)
         return await runner.loop.create_server(protocol, LOCALHOST, 0)
 
     server = runner.run(start())
     try:
-        yield handler, server.sockets[0].getsockname()[1]
+        yield handler, 0 if unix_path else server.sockets[0].getsockname()[1]
     finally:
         runner.close(server)
 

@@ -44,6 +44,18 @@ def make_message(label: int, index: int, rng: random.Random | None = None) -> by
     return message.as_bytes()
 
 
+def long_line_message(length: int) -> bytes:
+    """A CRLF message whose body has one line of ``length`` bytes (the CRLF not counted),
+    as badly generated HTML mail has: words without a line break, ending in a marker."""
+    words = (" ".join(HAM_WORDS) + " ").encode()
+    line = (words * (length // len(words) + 1))[: length - 4] + b"!end"
+    return (
+        b"From: wide <wide@example.org>\r\nTo: user@example.net\r\n"
+        b"Subject: one long line\r\nMessage-ID: <wide@example.org>\r\n\r\n"
+        b"before\r\n" + line + b"\r\nafter\r\n"
+    )
+
+
 def write_maildirs(root: Path, per_label: int = 40) -> Path:
     """``root/spam`` and ``root/ham`` with ``per_label`` raw messages each; returns ``root``."""
     for label, name in ((1, "spam"), (0, "ham")):

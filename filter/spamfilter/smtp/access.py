@@ -60,7 +60,13 @@ class Gate:
         self.max_connections = max_connections
 
     def refusal(self, peer: object) -> str | None:
-        """The reply that refuses ``peer`` (a socket address), or None to admit it."""
+        """The reply that refuses ``peer`` (a socket address), or None to admit it.
+
+        A Unix-socket client (its address is a str, often empty) is admitted: the socket
+        file's permissions decide who can connect (``endpoint.py``).
+        """
+        if isinstance(peer, str):
+            return self._limit_reached()
         host = peer[0] if isinstance(peer, tuple) else None
         try:
             address = ipaddress.ip_address(str(host).split("%")[0])
@@ -69,6 +75,9 @@ class Gate:
         if address is None or not any(address in network for network in self.networks):
             self.metrics.refused_connections.labels("network").inc()
             return "554 5.7.1 Your address is not allowed to use this filter"
+        return self._limit_reached()
+
+    def _limit_reached(self) -> str | None:
         if len(self.live) >= self.max_connections:
             self.metrics.refused_connections.labels("limit").inc()
             return "421 4.3.2 Too many connections, try again later"

@@ -1,9 +1,12 @@
 """Micro-batching: many SMTP sessions, one model, an event loop that never blocks.
 
-Sessions ``await batcher.score(raw)``. One worker task takes the first waiting message,
-waits up to ``max_wait`` seconds for up to ``max_batch - 1`` more, and runs the scorer
-on the batch in ONE worker thread (the model is CPU-bound and already uses every
-core through torch's threads; two batches at once would only fight over them).
+Sessions ``await batcher.score(raw)``. One worker task takes every message waiting (up
+to ``max_batch``) and runs the scorer on them in ONE worker thread (the model is
+CPU-bound and already uses every core through its runtime's threads; two batches at
+once would only fight over them). It never waits for a batch to fill: when the model is
+idle, a message that arrives is scored at once (one client pays no batching delay), and
+while the model is busy, arriving messages queue and form the next batch (under load,
+batches fill by themselves).
 The queue is bounded: when it is full, ``score`` raises ``Overloaded`` at once, which
 the handler turns into 451 so the MTA retries later (back-pressure, never a drop).
 """
@@ -34,13 +37,11 @@ class MicroBatcher:
         self,
         score_batch: ScoreBatch,
         max_batch: int = FilterConfig.batch_size,
-        max_wait: float = FilterConfig.batch_wait_ms / 1000,  # seconds
         queue_size: int = FilterConfig.queue_size,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
     ) -> None:
         self._score_batch = score_batch
         self.max_batch = max_batch
-        self.max_wait = max_wait
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[float]]] = asyncio.Queue(queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
@@ -103,18 +104,8 @@ class MicroBatcher:
                     future.set_result(score)
 
     async def _collect(self) -> list[tuple[bytes, asyncio.Future[float]]]:
+        """The next batch: the first message to arrive, and those already waiting with it."""
         batch = [await self._queue.get()]
-        deadline = asyncio.get_running_loop().time() + self.max_wait
-        while len(batch) < self.max_batch:
-            if self._queue.empty():
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):  # Queue.get is cancel-safe
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
-            else:
-                batch.append(self._queue.get_nowait())
+        while len(batch) < self.max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
         return batch

@@ -4,7 +4,8 @@ MAIL FROM and RCPT TO are forwarded to the next hop and answered with its reply 
 ``relay.py`` for why). At DATA: strip incoming X-Spam-* headers, score (through the
 micro-batcher), decide, then relay, quarantine or refuse, and answer with an explicit
 status line. 250 is only ever the next hop's 250 (or a quarantine write that
-succeeded); everything that fails on our side is a 4xx, so the MTA keeps the message.
+succeeded; for recipients split into groups by the lists, ``routing.py``, once every
+group is held); everything that fails on our side is a 4xx, so the MTA keeps the message.
 
 aiosmtpd finds hooks by name (``handle_<COMMAND>``); a misspelt hook is silently
 never called, which is why ``HOOKS`` lists them and a test proves each one runs.
@@ -17,18 +18,20 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope
 
 from spamfilter.config import FilterConfig
-from spamfilter.smtp import quarantine
+from spamfilter.smtp import quarantine, routing, xforward
 from spamfilter.smtp.batcher import Overloaded
+from spamfilter.smtp.lists import Facts, Lists, client_address, from_addresses
 from spamfilter.smtp.policy import Policy, Verdict, strip_spam_headers
 from spamfilter.smtp.prometheus import FilterMetrics
 from spamfilter.smtp.protocol import FilterSession
 from spamfilter.smtp.relay import Connector, RelayError, Reply
+from spamfilter.smtp.routing import Group
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ QUARANTINE_FAILED = Reply(451, ("4.3.0 the quarantine cannot store the message n
 INTERNAL_ERROR = Reply(451, ("4.3.0 internal error in the filter, try again later",))
 NO_NEXT_HOP = Reply(451, ("4.4.2 next hop: connection lost during this transaction",))
 TOO_MANY_RECIPIENTS = Reply(452, ("4.5.3 too many recipients",))
+DENIED = Reply(550, ("5.7.1 refused by local policy",))
 # A NUL or CR inside an address would reach the next hop inside our command line, where
 # a C string ends at the NUL (another address than the one logged) or a lenient parser
 # takes the CR for a line end (a smuggled command). aiosmtpd lets both through.
@@ -63,6 +67,7 @@ class Rules:
     quarantine_dir: str = FilterConfig.quarantine_dir
     score_timeout: float = FilterConfig.score_timeout
     max_recipients: int = FilterConfig.max_recipients
+    lists: Lists = field(default_factory=Lists)
 
 
 class FilterHandler:
@@ -127,6 +132,8 @@ class FilterHandler:
             return str(BAD_RECIPIENT)
         if session.next_hop is None:
             return str(NO_NEXT_HOP)
+        if self._denied_at_rcpt(session, envelope, address):
+            return str(DENIED)
         try:
             reply = await session.next_hop.rcpt(address)
         except RelayError as error:
@@ -153,10 +160,25 @@ class FilterHandler:
         raw = strip_spam_headers(envelope.original_content or b"")
         score: float | None = None
         verdict = Verdict.TEMPFAIL
+        groups: list[Group] = []
         try:
             score = await self._score(raw, rules.score_timeout)
-            verdict = rules.policy.decide(score)
-            reply = await self._act(verdict, rules, raw, score, session, envelope, queue_id)
+            facts = _facts(session, envelope, raw) if rules.lists else Facts()
+            groups = routing.plan(
+                rules.policy,
+                rules.lists,
+                facts,
+                envelope.rcpt_tos,
+                score,
+                bool(rules.quarantine_dir),
+            )
+            verdict = routing.strongest(groups)
+            if len(groups) == 1 or verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
+                reply = await self._act(groups[0], rules, raw, score, session, envelope, queue_id)
+            else:
+                reply = await self._act_per_group(
+                    groups, rules, raw, score, session, envelope, queue_id
+                )
         except Overloaded:
             reply = await self._refuse(session, OVERLOADED)
         except Exception:
@@ -164,7 +186,7 @@ class FilterHandler:
             self._drop_next_hop(session)
             reply = INTERNAL_ERROR
         elapsed = time.perf_counter() - started
-        self._record(queue_id, envelope, score, verdict, reply, elapsed)
+        self._record(queue_id, envelope, score, verdict, reply, elapsed, _note(groups))
         session.in_transaction = False  # nothing awaits from here until aiosmtpd sends reply
         return str(reply)
 
@@ -190,9 +212,21 @@ class FilterHandler:
             log.exception("scoring failed")
         return None
 
+    def _denied_at_rcpt(self, session: FilterSession, envelope: Envelope, recipient: str) -> bool:
+        """With ``deny_action: reject``, a recipient whose copy the envelope already denies
+        is refused at RCPT: the one moment SMTP answers for each recipient alone."""
+        if self.rules.policy.deny is not Verdict.REJECT or not self.rules.lists.deny:
+            return False
+        facts = _facts(session, envelope)
+        listing = self.rules.lists.listing(facts, recipient)
+        if listing is None or not listing.denied:
+            return False
+        log.info("refused RCPT <%s> from <%s>: %s", recipient, facts.sender, listing)
+        return True
+
     async def _act(
         self,
-        verdict: Verdict,
+        group: Group,
         rules: Rules,
         raw: bytes,
         score: float | None,
@@ -200,17 +234,81 @@ class FilterHandler:
         envelope: Envelope,
         queue_id: str,
     ) -> Reply:
-        if verdict is Verdict.TEMPFAIL:
+        """One outcome for every recipient, in the transaction MAIL and RCPT opened."""
+        if group.verdict is Verdict.TEMPFAIL:
             return await self._refuse(session, SCORING_FAILED)
-        if verdict is Verdict.REJECT:
+        if group.verdict is Verdict.REJECT:
             return await self._refuse(session, Reply(550, ("5.7.1 message refused as spam",)))
-        message = rules.policy.rewrite(raw, score)
-        if verdict is Verdict.QUARANTINE:
+        message = group.policy.rewrite(raw, score, group.listing)
+        if group.verdict is Verdict.QUARANTINE:
             return await self._quarantine(rules, message, session, envelope, queue_id)
         if session.next_hop is None:
             return NO_NEXT_HOP
         try:
             return await session.next_hop.data(message)
+        except RelayError as error:
+            return self._relay_failed(session, "data", error)
+
+    async def _act_per_group(
+        self,
+        groups: list[Group],
+        rules: Rules,
+        raw: bytes,
+        score: float | None,
+        session: FilterSession,
+        envelope: Envelope,
+        queue_id: str,
+    ) -> Reply:
+        """Recipients with different outcomes (routing.py): quarantined groups first (a
+        local write, so a failure there delivers nothing), then each relayed group in a
+        transaction of its own; 250 once every group is held."""
+        await self._end_transaction(session)  # the next hop's transaction for everyone
+        held: list[Group] = []
+        for group in sorted(groups, key=lambda group: group.verdict is not Verdict.QUARANTINE):
+            message = group.policy.rewrite(raw, score, group.listing)
+            if group.verdict is Verdict.QUARANTINE:
+                reply = await self._quarantine(
+                    rules, message, session, envelope, queue_id, group.recipients
+                )
+            else:
+                reply = await self._relay_copy(session, envelope, group.recipients, message)
+            if not reply.ok:
+                if held:
+                    log.warning(
+                        "%s: %s answered %r after %s were held (a retry duplicates them)",
+                        queue_id,
+                        ",".join(group.recipients),
+                        str(reply),
+                        ",".join(name for done in held for name in done.recipients),
+                    )
+                return reply
+            held.append(group)
+        return Reply(250, (f"2.0.0 Ok: {len(held)} copies, by recipient rules",))
+
+    async def _relay_copy(
+        self,
+        session: FilterSession,
+        envelope: Envelope,
+        recipients: tuple[str, ...],
+        message: bytes,
+    ) -> Reply:
+        """MAIL FROM, RCPT TO ``recipients`` and DATA ``message``: one group's own transaction."""
+        try:
+            if session.next_hop is None:
+                session.next_hop = await self.connector.connect()
+            hop = session.next_hop
+            await xforward.forward(hop, session.xforward)  # Postfix resets it after a transaction
+            reply = await hop.mail(envelope.mail_from, envelope.mail_options)
+            if not reply.ok:
+                return reply
+            session.in_transaction = True
+            for recipient in recipients:
+                reply = await hop.rcpt(recipient)
+                if not reply.ok:
+                    return await self._refuse(session, reply)
+            reply = await hop.data(message)
+            session.in_transaction = False
+            return reply
         except RelayError as error:
             return self._relay_failed(session, "data", error)
 
@@ -221,11 +319,13 @@ class FilterHandler:
         session: FilterSession,
         envelope: Envelope,
         queue_id: str,
+        recipients: tuple[str, ...] | None = None,
     ) -> Reply:
         sender = envelope.mail_from or "<>"
+        recipients = recipients or tuple(envelope.rcpt_tos)
         try:
             key = await asyncio.to_thread(
-                quarantine.store, rules.quarantine_dir, message, sender, envelope.rcpt_tos
+                quarantine.store, rules.quarantine_dir, message, sender, recipients
             )
         except OSError as error:
             log.error("%s: quarantine %s: %s", queue_id, rules.quarantine_dir, error)
@@ -267,6 +367,7 @@ class FilterHandler:
         verdict: Verdict,
         reply: Reply,
         seconds: float,
+        note: str = "",
     ) -> None:
         """The one log line per message, and its metrics."""
         self.metrics.messages.labels(verdict.value).inc()
@@ -274,13 +375,32 @@ class FilterHandler:
         if score is not None:
             self.metrics.scores.observe(score)
         log.info(
-            "%s from=<%s> rcpts=%d size=%d score=%s verdict=%s ms=%.0f reply=%r",
+            "%s from=<%s> rcpts=%d size=%d score=%s verdict=%s%s ms=%.0f reply=%r",
             queue_id,
             envelope.mail_from,
             len(envelope.rcpt_tos),
             len(envelope.original_content or b""),
             "none" if score is None else f"{score:.3f}",
             verdict.value,
+            note,
             seconds * 1000,
             str(reply)[:200],
         )
+
+
+def _facts(session: FilterSession, envelope: Envelope, raw: bytes = b"") -> Facts:
+    """What the lists match: the envelope sender, the From header (at DATA), the client."""
+    return Facts(
+        sender=envelope.mail_from or "",
+        from_addresses=from_addresses(raw),
+        client=client_address(session.xforward.get("ADDR", ""), session.peer),
+    )
+
+
+def _note(groups: list[Group]) -> str:
+    """For the log line: the list entry that matched, or how the recipients were split."""
+    if len(groups) > 1:
+        return " groups=" + " ".join(group.describe() for group in groups)
+    if groups and groups[0].listing is not None:
+        return f" {groups[0].listing}"
+    return ""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 
 from spamfilter.smtp.access import Gate
+from spamfilter.smtp.dataread import TooBig, read_message
 from spamfilter.smtp.relay import NextHop
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class FilterSession(Session):
         # True from an accepted MAIL FROM until the answer to DATA (or RSET): the next
         # hop has an open transaction, and SIGTERM must let this session finish.
         self.in_transaction = False
+        self.xforward: dict[str, str] = {}  # the MTA's last XFORWARD attributes (xtext)
 
 
 class FilterSMTP(SMTP):
@@ -65,6 +67,29 @@ class FilterSMTP(SMTP):
             session.next_hop.abort()  # the next hop drops an unfinished transaction
             session.next_hop = None
         super().connection_lost(error)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """aiosmtpd's DATA, reading the message with ``read_message``: long lines are taken."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if self.envelope is None or not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await read_message(self._reader, self.data_size_limit)
+        except TooBig:
+            self._set_post_data_state()
+            await self.push("552 Error: Too much mail data")
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     @property
     def in_transaction(self) -> bool:

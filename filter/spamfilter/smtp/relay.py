@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from spamfilter.smtp.endpoint import Endpoint
+
 MAX_REPLY_LINES = 100
 _DOT_AT_LINE_START = re.compile(rb"(?:^|(?<=\n))\.")
 # What a next hop that breaks off, stalls or answers garbage raises while we talk to it.
@@ -100,19 +102,17 @@ class Connector(Protocol):
 
 
 class SmtpConnector:
-    """Opens ESMTP connections to ``host:port``; every step bounded by ``timeout`` seconds."""
+    """Opens ESMTP connections to ``endpoint``; every step bounded by ``timeout`` seconds."""
 
-    def __init__(self, host: str, port: int, timeout: float, helo_name: str) -> None:
-        self.host, self.port, self.timeout, self.helo_name = host, port, timeout, helo_name
+    def __init__(self, endpoint: Endpoint, timeout: float, helo_name: str) -> None:
+        self.endpoint, self.timeout, self.helo_name = endpoint, timeout, helo_name
 
     async def connect(self) -> SmtpNextHop:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout
-            )
+            reader, writer = await asyncio.wait_for(self.endpoint.connect(), self.timeout)
         except (OSError, TimeoutError) as error:
             raise RelayError(
-                f"cannot connect to {self.host}:{self.port}: {_describe(error)}", "4.4.1"
+                f"cannot connect to {self.endpoint}: {_describe(error)}", "4.4.1"
             ) from None
         hop = SmtpNextHop(reader, writer, self.timeout)
         await hop.greet(self.helo_name)

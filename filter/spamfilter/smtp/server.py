@@ -23,11 +23,12 @@ import socket
 from collections.abc import Callable
 
 from spamfilter import configload
-from spamfilter.config import FilterConfig, parse_hostport
+from spamfilter.config import FilterConfig
 from spamfilter.model.classifier import Classifier, Scorer
 from spamfilter.model.modeldir import ModelDirError, model_id, read_card
-from spamfilter.smtp import access
+from spamfilter.smtp import access, lists
 from spamfilter.smtp.batcher import MicroBatcher
+from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 from spamfilter.smtp.handler import FilterHandler, Rules
 from spamfilter.smtp.policy import Policy
 from spamfilter.smtp.prometheus import FilterMetrics, serve_http
@@ -78,28 +79,29 @@ class FilterDaemon:
         self.batcher = MicroBatcher(
             self.scorer.score_raw,
             max_batch=config.batch_size,
-            max_wait=config.batch_wait_ms / 1000,
             queue_size=config.queue_size,
             on_batch=self.metrics.observe_batch,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.batcher.start()
         self.handler = FilterHandler(self.rules, self.batcher, _connector(config), self.metrics)
-        host, port = parse_hostport(config.listen)
-        smtp = await asyncio.get_running_loop().create_server(self._protocol, host, port)
+        self.listening = Endpoint.parse(config.listen)
+        smtp = await self.listening.serve(self._protocol)
         self._servers.append(smtp)
-        self.smtp_address = smtp.sockets[0].getsockname()[:2]
+        self.listening = self.listening.bound(smtp)
+        # (host, port) for TCP, the socket path for a Unix socket
+        self.smtp_address = self.listening.path or (self.listening.host, self.listening.port)
         if config.metrics_listen:
             host, port = parse_hostport(config.metrics_listen)
             http = await serve_http(self.metrics, self._healthy, host, port)
             self._servers.append(http)
             self.metrics_address = http.sockets[0].getsockname()[:2]
-        name = config.instance_name or default_instance_name(config, self.smtp_address)
+        name = config.instance_name or default_instance_name(config, self.listening)
         self.metrics.describe(name, self.model_id)
         log.info(
-            "serving %s on %s:%d, relaying to %s, tag=%g, metrics on %s, instance %s",
+            "serving %s on %s, relaying to %s, tag=%g, metrics on %s, instance %s",
             self.model_id,
-            *self.smtp_address,
+            self.listening,
             config.relay,
             self.rules.policy.tag,
             config.metrics_listen or "(off)",
@@ -179,10 +181,13 @@ class FilterDaemon:
         self.gate.configure(config.allowed_networks, config.max_connections)
         self.metrics.reloads.labels("ok").inc()
         log.info(
-            "reloaded: tag=%g quarantine=%s reject=%s",
+            "reloaded: tag=%g quarantine=%s reject=%s; lists: %d allow, %d deny, %d thresholds",
             rules.policy.tag,
             rules.policy.quarantine,
             rules.policy.reject,
+            len(rules.lists.allow),
+            len(rules.lists.deny),
+            len(rules.lists.thresholds),
         )
 
     # 4. drain ----------------------------------------------------------------------------
@@ -209,6 +214,8 @@ class FilterDaemon:
         for server in self._servers:
             server.close()
             await server.wait_closed()
+        if hasattr(self, "listening"):
+            self.listening.remove_socket_file()
         if hasattr(self, "batcher"):
             await self.batcher.aclose()
 
@@ -216,11 +223,21 @@ class FilterDaemon:
 def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
     """The rules from ``config`` and the model directory's current spamfilter.json."""
     card = read_card(config.model)
+    policy = Policy.build(config, card, loaded_model_id)
+    found = lists.from_config(
+        config.allow, config.deny, config.recipient_thresholds, config.lists_file
+    )
+    for rule in found.thresholds:
+        if rule.reject is not None and policy.reject is None:
+            raise ValueError(f"recipient thresholds {rule.entry}: reject= needs 'reject: true'")
+        if rule.quarantine is not None and not config.quarantine_dir:
+            raise ValueError(f"recipient thresholds {rule.entry}: quarantine= needs quarantine_dir")
     return Rules(
-        policy=Policy.build(config, card, loaded_model_id),
+        policy=policy,
         quarantine_dir=config.quarantine_dir,
         score_timeout=config.score_timeout,
         max_recipients=config.max_recipients,
+        lists=found,
     )
 
 
@@ -229,13 +246,13 @@ def greeting_name(config: FilterConfig) -> str:
     return config.hostname or socket.gethostname()
 
 
-def default_instance_name(config: FilterConfig, bound: tuple[str, int]) -> str:
-    """``greeting-host/address:port``: two daemons on one host differ by their address."""
-    host, port = bound
-    address = f"[{host}]" if ":" in host else host
-    return f"{greeting_name(config)}/{address}:{port}"
+def default_instance_name(config: FilterConfig, bound: Endpoint) -> str:
+    """``greeting-host/address:port`` (or ``/unix:path``): two daemons on one host differ
+    by where they listen."""
+    if bound.path or ":" not in bound.host:
+        return f"{greeting_name(config)}/{bound}"
+    return f"{greeting_name(config)}/[{bound.host}]:{bound.port}"
 
 
 def _connector(config: FilterConfig) -> SmtpConnector:
-    host, port = parse_hostport(config.relay)
-    return SmtpConnector(host, port, config.relay_timeout, greeting_name(config))
+    return SmtpConnector(Endpoint.parse(config.relay), config.relay_timeout, greeting_name(config))

@@ -80,19 +80,20 @@ class XForwardSMTP(FilterSMTP):
         if isinstance(attributes, str):
             return attributes
         log.debug("xforward %s", argument)
+        session.xforward.update(attributes)
         try:
             if session.next_hop is None:
                 session.next_hop = await self.event_handler.connector.connect()
-            await _forward(session.next_hop, attributes)
+            await forward(session.next_hop, attributes)
         except RelayError as error:
             session.next_hop = None  # the relay aborted it; MAIL FROM connects again
             return str(error.reply)
         return OK
 
 
-async def _forward(hop: object, attributes: dict[str, str]) -> None:
+async def forward(hop: object, attributes: dict[str, str]) -> None:
     """Send ``attributes`` to ``hop`` if it speaks XFORWARD; a refusal is only logged."""
-    if not isinstance(hop, SmtpNextHop) or "XFORWARD" not in hop.extensions:
+    if not attributes or not isinstance(hop, SmtpNextHop) or "XFORWARD" not in hop.extensions:
         return
     line = " ".join(f"{name}={value}" for name, value in attributes.items())
     reply = await hop.command(f"XFORWARD {line}")
