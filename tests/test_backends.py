@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from spamfilter import cli
@@ -18,6 +19,7 @@ from spamfilter.evaluation.baselines.compare import run_baselines
 from spamfilter.model import onnxmodel
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
+from spamfilter.model.precision import BackendError, cpu_flags, resolve
 from spamrig.synthetic import make_message
 
 # Largest |P(spam) - fp32's| per precision on the tiny model: ONNX fp32 runs the same
@@ -159,3 +161,57 @@ def test_eval_baseline_needs_a_split(capsys, model_dir, tmp_path):
     argv = ["eval", "--model", str(model_dir), "--data", str(tmp_path), "--out", str(tmp_path)]
     assert cli.main([*argv, "--split", "all", "--baseline", "tfidf"]) == cli.EXIT_ERROR
     assert "--baseline needs a split" in capsys.readouterr().err
+
+
+# --- choosing the backend ----------------------------------------------------------------
+
+
+def cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx2 avx512f avx512_vnni avx512_bf16", "onnx-int8"),
+        ("fpu sse2 avx2 avx_vnni", "onnx-int8"),
+        ("fpu sse2 avx2 fma", "onnx-fp32"),  # u8 x s8 sums saturate without VNNI
+    ],
+)
+def test_auto_picks_int8_only_where_the_cpu_has_int8_dot_products(
+    tmp_path, monkeypatch, flags, expected
+):
+    found = cpu_flags(cpuinfo(tmp_path, flags))
+    assert found == frozenset(flags.split())
+    monkeypatch.setattr("spamfilter.model.precision.cpu_flags", lambda: found)
+    assert resolve("auto") == expected
+    assert resolve("auto", "cuda:0") == "fp32"  # ONNX Runtime here is a CPU build
+    assert resolve("bf16") == "bf16"  # a named precision is never replaced
+
+
+def test_cpu_flags_are_empty_where_the_cpu_is_not_described(tmp_path):
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_classifier_scores_with_the_backend_auto_resolves_to(model_dir, fp32_scores):
+    classifier = Classifier(model_dir, precision="auto", device="auto")
+    assert classifier.precision == resolve("auto", classifier.device)
+    assert classifier.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    if classifier.device == "cpu":
+        scores = np.asarray(classifier.score_raw(MESSAGES))
+        assert np.max(np.abs(scores - fp32_scores)) <= TOLERANCE[classifier.precision]
+
+
+def test_onnx_backends_refuse_a_gpu(model_dir):
+    with pytest.raises(BackendError, match="scores on the CPU only"):
+        Classifier(model_dir, precision="onnx-fp32", device="cuda:0")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["fp32", "bf16"])
+def test_gpu_scores_like_the_cpu(model_dir, fp32_scores, name):
+    classifier = Classifier(model_dir, precision=name, device="cuda")
+    scores = np.asarray(classifier.score_raw(MESSAGES))
+    assert np.max(np.abs(scores - fp32_scores)) <= {"fp32": 1e-4, "bf16": 0.05}[name]

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from spamfilter import cli
 from spamfilter.evaluation.metrics import at_threshold
 from spamfilter.model.modeldir import CARD_FILE, read_card
-from spamfilter.model.precision import DEFAULT_PRECISION
+from spamfilter.model.precision import DEFAULT_PRECISION, resolve
 from spamrig.synthetic import make_message, write_maildirs
 
 SPAMFILTER = Path(sys.executable).with_name("spamfilter")
@@ -161,7 +162,7 @@ def test_tune_meets_the_target_fpr_and_records_calibration(capsys, model_dir, la
     card = read_card(model_dir)
     assert card.calibration | {"chosen_at": None} == {
         "target_fpr": 0.05, "split": "all", "scheme": "hash", "source": str(labelled_corpus),
-        "n_ham": 44, "n_spam": 40, "precision": "onnx-fp32", "chosen_at": None,
+        "n_ham": 44, "n_spam": 40, "precision": resolve(DEFAULT_PRECISION), "chosen_at": None,
     }  # fmt: skip
     assert at_threshold(labels, scores, card.thresholds.tag)["fpr"] <= 0.05
     assert "| <- |" in out and "kill -HUP" in out
@@ -203,14 +204,37 @@ def test_tune_for_a_lossy_precision_keeps_fp32_thresholds(
 
 
 def test_threshold_set_for_a_precision_leaves_the_others(capsys, model_dir):
-    code, out, _ = run(capsys, "threshold", "set", "0.7", "--precision", "onnx-int8",
+    code, out, _ = run(capsys, "threshold", "set", "0.7", "--precision", "bf16",
                        "--model", model_dir)  # fmt: skip
-    assert code == 0 and "for onnx-int8 scores set to 0.7" in out
+    assert code == 0 and "for bf16 scores set to 0.7" in out
     card = read_card(model_dir)
-    assert (card.thresholds_for("onnx-int8").tag, card.thresholds_for("onnx-fp32").tag) == (
-        0.7,
-        0.5,
-    )
+    assert (card.thresholds_for("bf16").tag, card.thresholds_for("onnx-fp32").tag) == (0.7, 0.5)
+
+
+@pytest.mark.parametrize("precision", ["onnx-int8", "auto"])
+def test_threshold_set_for_onnx_int8_or_auto_sets_the_shared_thresholds(
+    capsys, model_dir, precision
+):
+    code, out, _ = run(capsys, "threshold", "set", "0.7", "--precision", precision,
+                       "--model", model_dir)  # fmt: skip
+    assert code == 0 and "for fp32 and onnx-fp32 and onnx-int8 scores set to 0.7" in out
+    card = read_card(model_dir)
+    assert card.precision_thresholds == {}
+    assert {card.thresholds_for(p).tag for p in ("fp32", "onnx-fp32", "onnx-int8")} == {0.7}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_classify_on_a_missing_gpu_is_a_one_line_error(capsys, tiny_model_dir, messages):
+    code, _, err = run(capsys, "classify", "--model", tiny_model_dir, "--device", "cuda",
+                       messages["spam"])  # fmt: skip
+    assert code == 2
+    assert err == "spamfilter: error: device cuda: torch sees no CUDA device on this machine\n"
+
+
+def test_classify_rejects_a_misspelled_device(capsys, tiny_model_dir, messages):
+    with pytest.raises(SystemExit):
+        run(capsys, "classify", "--model", tiny_model_dir, "--device", "gpu", messages["spam"])
+    assert "must be auto, cpu, cuda or cuda:N, not 'gpu'" in capsys.readouterr().err
 
 
 def _score_corpus(

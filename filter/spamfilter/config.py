@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from spamfilter.model.modeldir import probability_problem
-from spamfilter.model.precision import DEFAULT_PRECISION, Precision
+from spamfilter.model.precision import (
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    Precision,
+    device_problem,
+)
 from spamfilter.smtp import lists
 from spamfilter.smtp.endpoint import Endpoint, parse_hostport
 
@@ -124,8 +129,14 @@ class FilterConfig:
     precision: Precision = field(
         default=DEFAULT_PRECISION,
         metadata=_help(
-            "forward pass: onnx-fp32 or onnx-int8 (ONNX Runtime), fp32, bf16 or int8 (PyTorch)"
+            "forward pass: onnx-fp32 or onnx-int8 (ONNX Runtime), fp32, bf16 or int8 (PyTorch); "
+            "auto: onnx-int8 on CPUs with int8 dot products (VNNI, AMX), else onnx-fp32, "
+            "and fp32 on a GPU"
         ),
+    )
+    device: str = field(
+        default=DEFAULT_DEVICE,
+        metadata=_help("where to score: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N"),
     )
     threads: int = field(
         default=0, metadata=_help("CPU threads for scoring; 0: the runtime's default")
@@ -199,6 +210,8 @@ class FilterConfig:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 problems.append(f"'allowed_networks': {network!r} is not a network")
+        if problem := device_problem("'device'", self.device):
+            problems.append(problem)
         for name in ("tag_threshold", "quarantine_threshold", "reject_threshold"):
             if problem := probability_problem(f"'{name}'", getattr(self, name)):
                 problems.append(problem)

@@ -17,6 +17,7 @@ from spamfilter.cli.export_onnx import add_export_onnx_parser
 from spamfilter.cli.serve import serve
 from spamfilter.cli.threshold import add_threshold_parser
 from spamfilter.model.modeldir import ModelDirError
+from spamfilter.model.precision import BackendError
 
 __all__ = ["EXIT_ERROR", "build_parser", "main"]
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.command(args)
-    except (CLIError, ModelDirError) as error:
+    except (CLIError, ModelDirError, BackendError) as error:
         print(f"spamfilter: error: {error}", file=sys.stderr)
         return EXIT_ERROR
 

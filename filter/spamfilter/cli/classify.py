@@ -26,7 +26,7 @@ def add_classify_parser(commands) -> None:
 def classify(args: argparse.Namespace) -> int:
     from spamfilter.model.classifier import Classifier
 
-    classifier = Classifier(args.model, precision=args.precision)
+    classifier = Classifier(args.model, args.precision, device=args.device)
     names, raws = read_messages(args.messages)
     scores = classifier.score_raw(raws) if raws else []
     tag = classifier.thresholds.tag

@@ -18,7 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from spamfilter.model.modeldir import probability_problem
-from spamfilter.model.precision import DEFAULT_PRECISION, PRECISIONS
+from spamfilter.model.precision import (
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    device_problem,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -43,7 +48,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{action.help} (default: %(default)s)"
 
 
-
 def probability(text: str) -> float:
     """argparse type: a number strictly between 0 and 1 (thresholds, target FPRs)."""
     try:
@@ -55,10 +59,24 @@ def probability(text: str) -> float:
     return value
 
 
+def device(text: str) -> str:
+    """argparse type: a scoring device (auto, cpu, cuda, cuda:N)."""
+    if problem := device_problem("it", text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, scoring: bool) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model directory")
     if scoring:
         add_precision_argument(parser)
+        parser.add_argument(
+            "--device",
+            type=device,
+            default=DEFAULT_DEVICE,
+            help="where to score: auto (a CUDA GPU if torch sees one, else the CPU), cpu, "
+            "cuda, cuda:N",
+        )
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +85,9 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
         help="ONNX Runtime fp32 or int8 (onnx-*: exported into the model directory if "
-        "missing), or PyTorch fp32, bf16 autocast or int8 dynamic quantization; the "
-        "thresholds used are the ones tuned for it, else fp32's",
+        "missing), or PyTorch fp32, bf16 autocast or int8 dynamic quantization; auto: "
+        "onnx-int8 on CPUs with int8 dot products (VNNI, AMX), else onnx-fp32, and fp32 on "
+        "a GPU; the thresholds used are the ones tuned for it, else fp32's",
     )
 
 

@@ -51,7 +51,7 @@ def evaluate(args: argparse.Namespace) -> int:
     splits = ("train", "validation", args.split) if args.baseline else (args.split,)
     loaded = load_data(args, tuple(dict.fromkeys(splits)))
     dataset = loaded[args.split]
-    classifier = Classifier(args.model, precision=args.precision)
+    classifier = Classifier(args.model, args.precision, device=args.device)
     started = time.perf_counter()
     scores = score_dataset(classifier, dataset, args.batch_size)
     seconds = time.perf_counter() - started
@@ -73,7 +73,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "source": args.data,
         "split": args.split,
         "scheme": args.scheme,
-        "precision": args.precision,
+        "precision": classifier.precision,
         "comparison_target_fpr": target_fpr,
         "sample": f"{args.limit} messages per evaluated split, seed 0" if args.limit else None,
         "skipped": skipped,

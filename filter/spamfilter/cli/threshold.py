@@ -28,7 +28,7 @@ from spamfilter.model.calibration import (
     thresholds_to_change,
 )
 from spamfilter.model.modeldir import CARD_FILE, Thresholds, read_card, write_card
-from spamfilter.model.precision import FP32_EQUIVALENT
+from spamfilter.model.precision import SHARES_FP32_THRESHOLDS, resolve
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -97,12 +97,13 @@ def named(thresholds: Thresholds) -> dict[str, float | None]:
 
 def set_threshold(args: argparse.Namespace) -> int:
     card = read_card(args.model)
-    thresholds, calibration = thresholds_to_change(card, args.precision)
+    precision = resolve(args.precision)
+    thresholds, calibration = thresholds_to_change(card, precision)
     setattr(thresholds, args.which, args.value)
     record_set_by_hand(calibration, args.which, now())
     write_card(args.model, card)
-    shared = args.precision in FP32_EQUIVALENT
-    scores = " and ".join(sorted(FP32_EQUIVALENT)) if shared else args.precision
+    shared = precision in SHARES_FP32_THRESHOLDS
+    scores = " and ".join(sorted(SHARES_FP32_THRESHOLDS)) if shared else precision
     where = args.model / CARD_FILE
     print(f"{args.which} threshold for {scores} scores set to {args.value} in {where}")
     print(RELOAD_HINT)
@@ -112,7 +113,7 @@ def set_threshold(args: argparse.Namespace) -> int:
 def tune_threshold(args: argparse.Namespace) -> int:
     from spamfilter.evaluation.metrics import threshold_for_fpr
 
-    _, _, labels, scores = score_labelled(args)
+    classifier, _, labels, scores = score_labelled(args)
     try:
         value = threshold_for_fpr(labels, scores, args.target_fpr)
     except ValueError as error:
@@ -122,7 +123,7 @@ def tune_threshold(args: argparse.Namespace) -> int:
         print(f"dry run: {CARD_FILE} unchanged")
         return 0
     card = read_card(args.model)  # afresh: it may have changed while we were scoring
-    thresholds, calibration = thresholds_to_change(card, args.precision)
+    thresholds, calibration = thresholds_to_change(card, classifier.precision)
     setattr(thresholds, args.which, value)
     record_tuned(
         calibration,
@@ -132,7 +133,7 @@ def tune_threshold(args: argparse.Namespace) -> int:
         split=args.split,
         scheme=args.scheme,
         source=args.data,
-        precision=args.precision,
+        precision=classifier.precision,
         chosen_at=now(),
     )
     write_card(args.model, card)
@@ -177,6 +178,6 @@ def score_labelled(args: argparse.Namespace) -> tuple[Classifier, Dataset, np.nd
     from spamfilter.model.classifier import Classifier
 
     dataset = load_data(args, (args.split,))[args.split]
-    classifier = Classifier(args.model, precision=args.precision)
+    classifier = Classifier(args.model, args.precision, device=args.device)
     scores = score_dataset(classifier, dataset, args.batch_size)
     return classifier, dataset, np.asarray(dataset["label"]), scores

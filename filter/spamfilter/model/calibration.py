@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from spamfilter.model.modeldir import ModelCard, Thresholds
-from spamfilter.model.precision import FP32_EQUIVALENT
+from spamfilter.model.precision import SHARES_FP32_THRESHOLDS
 
 # The share of ham a threshold may let through when nothing else is said: the default
 # of training's ``target_fpr`` and of ``spamfilter threshold tune --target-fpr``.
@@ -35,7 +35,7 @@ def thresholds_to_change(card: ModelCard, precision: str) -> tuple[Thresholds, C
     fp32 and its equivalents change the card's thresholds; another precision gets its own,
     starting as a copy of fp32's.
     """
-    if precision in FP32_EQUIVALENT:
+    if precision in SHARES_FP32_THRESHOLDS:
         return card.thresholds, card.calibration
     if precision not in card.precision_thresholds:
         card.precision_thresholds[precision] = dataclasses.replace(card.thresholds)

@@ -29,7 +29,7 @@ from spamfilter.model.modeldir import (
     model_id,
     read_card,
 )
-from spamfilter.model.precision import Precision
+from spamfilter.model.precision import BackendError, Precision, resolve, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +64,24 @@ class Classifier:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.card: ModelCard = read_card(self.model_dir)
-        self.precision = precision
+        if precision.startswith("onnx-"):  # ONNX Runtime's CPU build: the CPU or nothing
+            if device not in ("auto", "cpu"):
+                raise BackendError(f"{precision} scores on the CPU only, not on {device}")
+            device = "cpu"
+        self.device = resolve_device(device)
+        self.precision = resolve(precision, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:
             raise ModelDirError(f"{self.model_dir}: cannot load tokenizer: {error}") from None
         self.model_id = model_id(self.model_dir)
         self.runner: Runner
-        if precision.startswith("onnx-"):
+        if self.precision.startswith("onnx-"):
             from spamfilter.model.onnxmodel import OnnxRunner
 
-            self.runner = OnnxRunner(self.model_dir, precision, threads or 0, self.model_id)
+            self.runner = OnnxRunner(self.model_dir, self.precision, threads or 0, self.model_id)
         else:
-            self.runner = TorchRunner(self.model_dir, precision, threads, device)
+            self.runner = TorchRunner(self.model_dir, self.precision, threads, self.device)
         self._lock = threading.Lock()
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spamfilter.model.mailtext import TEXT_VERSION
-from spamfilter.model.precision import FP32_EQUIVALENT
+from spamfilter.model.precision import SHARES_FP32_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ModelCard:
         """The thresholds to apply to scores computed in ``precision``."""
         if precision in self.precision_thresholds:
             return self.precision_thresholds[precision]
-        if precision not in FP32_EQUIVALENT:
+        if precision not in SHARES_FP32_THRESHOLDS:
             log.warning(
                 "the thresholds were calibrated on fp32 scores, not %s ones: run "
                 "'spamfilter threshold tune --precision %s' for thresholds that hold",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from spamfilter.config import FilterConfig
 from spamfilter.model.modeldir import ModelCard
+from spamfilter.model.precision import resolve, resolve_device
 from spamfilter.smtp.headers import prefix_subject, remove_fields
 from spamfilter.smtp.lists import Listing, ThresholdRule
 
@@ -59,7 +60,7 @@ class Policy:
     @classmethod
     def build(cls, config: FilterConfig, card: ModelCard, model_id: str) -> Policy:
         """The policy from the config, thresholds it leaves empty taken from the model card."""
-        thresholds = card.thresholds_for(config.precision)
+        thresholds = card.thresholds_for(resolve(config.precision, resolve_device(config.device)))
         quarantine = _first(config.quarantine_threshold, thresholds.quarantine)
         if quarantine is not None and not config.quarantine_dir:
             raise ValueError(

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Settings bound at start-up (sockets, the loaded model, the scoring thread).
 RESTART_ONLY = (
-    *("model", "listen", "metrics_listen", "precision", "threads", "queue_size"),
+    *("model", "listen", "metrics_listen", "precision", "device", "threads", "queue_size"),
     *("tls_cert", "tls_key", "auth_file", "instance_name"),
 )
 SHUTDOWN_REPLY = "421 4.3.2 The filter is shutting down, try again later"
@@ -63,7 +63,7 @@ class FilterDaemon:
         """
         config = self.config
         self.scorer = scorer or Classifier(
-            config.model, precision=config.precision, threads=config.threads or None
+            config.model, config.precision, config.threads or None, config.device
         )
         self.model_id = model_id(config.model)
         self.rules = build_rules(config, self.model_id)
