@@ -15,25 +15,15 @@ Messages are ``--mail-dir``'s files (*.eml, or any files), or synthetic ones.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import random
-import re
-import smtplib
-import statistics
-import subprocess
-import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP
-
 from spamfilter.model.precision import DEFAULT_PRECISION, PRECISIONS
-from spamrig import LOCALHOST
+from spamrig.throughput import crlf, daemon_runs
 
 WORDS = (
     "meeting agenda project review release notes build thanks schedule report question "
@@ -71,87 +61,16 @@ def synthetic_messages(count: int) -> list[bytes]:
 
 def mail_dir_messages(directory: Path, count: int) -> list[bytes]:
     files = sorted(path for path in directory.rglob("*") if path.is_file())[:count]
-    # SMTP carries CRLF lines; normalise so smtplib sends what the file holds.
-    return [re.sub(rb"\r?\n", b"\r\n", path.read_bytes()) for path in files]
+    return [crlf(path.read_bytes()) for path in files]
 
 
-class CountingSink:
-    async def handle_DATA(self, server, session, envelope):
-        self.delivered += 1
-        return "250 OK"
-
-    delivered = 0
-
-
-def start_sink() -> tuple[CountingSink, int, asyncio.AbstractEventLoop]:
-    handler, loop = CountingSink(), asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    async def serve() -> asyncio.Server:
-        return await loop.create_server(
-            lambda: SMTP(handler, enable_SMTPUTF8=True, hostname="sink", loop=loop), LOCALHOST, 0
-        )
-
-    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(30)
-    return handler, server.sockets[0].getsockname()[1], loop
-
-
-def start_filter(args: argparse.Namespace, sink_port: int) -> tuple[subprocess.Popen, int]:
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from spamfilter.cli import main; sys.exit(main())",
-        "serve",
-        "--model",
-        str(args.model),
-        "--listen",
-        f"{LOCALHOST}:0",
-        "--relay",
-        f"{LOCALHOST}:{sink_port}",
-        "--metrics-listen",
-        "",
-        "--batch-size",
-        str(args.batch_size),
-        "--precision",
-        args.precision,
-        "--threads",
-        str(args.threads),
-        "--max-connections",
-        "1000",
+def serve_flags(args: argparse.Namespace) -> list[str]:
+    """The daemon's scoring flags as this benchmark sets them."""
+    return [
+        *("--batch-size", str(args.batch_size)),
+        *("--precision", args.precision, "--threads", str(args.threads)),
+        *("--max-connections", "1000"),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    for line in process.stderr:
-        match = re.search(r"serving \S+ on 127\.0\.0\.1:(\d+)", line)
-        if match:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep draining
-            return process, int(match.group(1))
-    raise SystemExit(f"the filter did not start (exit {process.wait()})")
-
-
-def smtp_run(port: int, messages: list[bytes], clients: int) -> dict[str, float]:
-    shares = [messages[index::clients] for index in range(clients)]
-
-    def client(share: list[bytes]) -> list[float]:
-        latencies = []
-        with smtplib.SMTP(LOCALHOST, port, timeout=300) as smtp:
-            for raw in share:
-                started = time.perf_counter()
-                smtp.sendmail("sender@example.org", ["user@example.net"], raw)
-                latencies.append(time.perf_counter() - started)
-        return latencies
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        latencies = sorted(t for share in pool.map(client, shares) for t in share)
-    elapsed = time.perf_counter() - started
-    return {
-        "clients": clients,
-        "messages": len(latencies),
-        "msgs_per_s": len(latencies) / elapsed,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-    }
 
 
 def bare_run(args: argparse.Namespace, messages: list[bytes]) -> dict[str, float]:
@@ -177,14 +96,8 @@ def main() -> None:
         if args.mail_dir
         else synthetic_messages(args.messages)
     )
-    sink, sink_port, _ = start_sink()
-    process, port = start_filter(args, sink_port)
-    try:
-        smtp_run(port, messages[: min(16, len(messages))], 1)  # warm-up
-        runs = [smtp_run(port, messages, int(c)) for c in args.concurrency.split(",")]
-    finally:
-        process.terminate()
-        process.wait(60)
+    concurrency = [int(clients) for clients in args.concurrency.split(",")]
+    runs, delivered = daemon_runs(args.model, serve_flags(args), messages, concurrency)
     bare = bare_run(args, messages)
     for run in runs:
         run["fraction_of_bare"] = run["msgs_per_s"] / bare["msgs_per_s"]
@@ -202,7 +115,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "smtp": runs,
         "bare": bare,
-        "delivered": sink.delivered,
+        "delivered": delivered,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,6 +4,7 @@
 - ``daemon``: the filter in this process or as a real ``spamfilter serve`` process
 - ``clients``: smtplib helpers, raw SMTP sessions, concurrent load and loss accounting
 - ``soak``: a long run through a real daemon process (RSS, fds, nothing lost)
+- ``throughput``: msgs/s and latency through a filter over concurrent connections
 - ``synthetic``: synthetic mail and tiny BERT model directories (no download)
 - ``hostilemail``: pathological and generated hostile messages
 - ``postfix``: a private Postfix instance in a temporary directory
