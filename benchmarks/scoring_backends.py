@@ -45,7 +45,7 @@ from spamfilter.evaluation.metrics import at_threshold
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.modeldir import read_card
-from spamfilter.model.precision import PRECISIONS
+from spamfilter.model.precision import BACKENDS
 from spamrig import ROOT
 from spamtrain.data import load_splits
 
@@ -59,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", default="spamassassin", help="labelled source (default built-in)")
     parser.add_argument("--messages", type=int, default=256, help="messages timed (default 256)")
     parser.add_argument("--batch-sizes", default="32,8", help="(default 32,8)")
-    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="(default: all)")
+    parser.add_argument("--precisions", default=",".join(BACKENDS), help="(default: all)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     parser.add_argument("--slow", default="bf16", help="precisions timed on fewer messages")
     parser.add_argument("--slow-messages", type=int, default=32, help="(default 32)")

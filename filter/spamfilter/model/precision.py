@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 Precision = Literal["auto", "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+BACKENDS: tuple[str, ...] = PRECISIONS[1:]  # what auto chooses among
 
 # "auto" picks, on the machine that scores, the fastest backend that holds accuracy there
 # (docs/benchmarks.md): ONNX Runtime int8 (per-channel weights) where the CPU has int8
