@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -163,6 +164,29 @@ def test_table_with_text_column_becomes_a_body(tmp_path: Path, suffix, column) -
     assert text.endswith("Grüße! Cheap pills\nclick here")
     assert "Content-Type" not in text  # the wrapper's headers are not model text
     assert email_to_text(dataset[1]["raw"]).endswith("Meeting moved to 3pm")
+
+
+def test_gzipped_jsonl_with_raw_encoding_gives_back_the_original_bytes(tmp_path: Path) -> None:
+    """As crosscorpus-dev stores mail: raw = bytes.decode(raw_encoding, "surrogateescape")."""
+    latin = make_message(1, 0).replace(b"Subject: ", "Subject: Très ".encode("latin-1"))
+    broken = make_message(0, 1) + b"caf\xe9 \xff\r\n"  # not valid UTF-8
+    rows = [
+        {"label": "spam", "raw": latin.decode("latin-1"), "raw_encoding": "latin-1"},
+        {"label": "ham", "raw": broken.decode("utf-8", "surrogateescape"), "raw_encoding": "utf-8"},
+    ]
+    path = tmp_path / "mail.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as stream:
+        stream.writelines(json.dumps(row) + "\n" for row in rows)
+    dataset = load_source(str(path))
+    assert list(dataset["raw"]) == [latin, broken]
+    assert list(dataset["label"]) == [1, 0]
+
+
+def test_a_gzipped_table_that_is_not_gzip_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "mail.csv.gz"
+    path.write_text("label,raw\n1,x\n")
+    with pytest.raises(DataError, match=r"mail\.csv\.gz: cannot read"):
+        load_source(str(path))
 
 
 def test_raw_column_wins_over_text_column(tmp_path: Path) -> None:

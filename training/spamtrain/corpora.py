@@ -9,6 +9,7 @@ is documented there.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import mailbox
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from spamfilter.model.mailtext import plain_text_message
 from spamfilter.model.modeldir import LABELS
@@ -24,6 +25,8 @@ from spamfilter.model.modeldir import LABELS
 LABEL_COLUMNS = ("label", "labels", "class", "spam", "is_spam")
 RAW_COLUMNS = ("raw", "message", "email")  # a whole RFC 822 message, headers included
 TEXT_COLUMNS = ("text", "body")  # the body alone
+# How a raw message stored as a string was decoded (with surrogateescape), per row
+RAW_ENCODING_COLUMN = "raw_encoding"
 
 _SPAM_VALUES = {"1", "spam", "true", "yes", "junk"}
 _HAM_VALUES = {"0", "ham", "false", "no", "not spam", "not_spam", "not-spam", "non-spam"}
@@ -127,19 +130,34 @@ def _read_mbox(path: Path, label: int) -> Iterator[Message]:
 # -- tables: .jsonl, .json, .csv, .parquet, and Hub datasets ---------------------------
 
 
+def table_suffix(path: Path) -> str | None:
+    """The table format of ``path`` (``.jsonl`` for ``mail.jsonl`` and ``mail.jsonl.gz``)."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes[-1:] == [".gz"] and len(suffixes) > 1 and suffixes[-2] in _GZIP_TABLES:
+        return suffixes[-2]
+    return suffixes[-1] if suffixes[-1:] and suffixes[-1] in _TABLE_READERS else None
+
+
 def read_table(path: Path) -> Iterator[Message]:
     """Rows of a tabular file, mapped by ``rows_to_messages``."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    reader = _TABLE_READERS[path.suffix.lower()]
+    reader = _TABLE_READERS[table_suffix(path)]
     try:
         yield from rows_to_messages(reader(path), origin=str(path))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read ({error})") from error
 
 
+def _open_text(path: Path, **options: Any) -> IO[str]:
+    """``path`` as text, gunzipped on the fly when it ends in ``.gz``."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", **options)
+    return path.open(**options)
+
+
 def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as stream:
+    with _open_text(path, encoding="utf-8") as stream:
         for number, line in enumerate(stream, 1):
             if line.strip():
                 yield _json_object(line, path, f"line {number}")
@@ -147,7 +165,8 @@ def _jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 def _json_rows(path: Path) -> Iterator[dict[str, Any]]:
     """A JSON array of row objects (or JSON Lines saved under a ``.json`` name)."""
-    text = path.read_text(encoding="utf-8")
+    with _open_text(path, encoding="utf-8") as stream:
+        text = stream.read()
     if not text.lstrip().startswith("["):
         yield from _jsonl_rows(path)
         return
@@ -168,7 +187,7 @@ def _json_object(text: str, path: Path, where: str) -> Any:
 def _csv_rows(path: Path) -> Iterator[dict[str, Any]]:
     # A whole message is one field, often far beyond csv's default 128 KiB limit.
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8-sig", newline="") as stream:  # -sig: Excel's BOM
+    with _open_text(path, encoding="utf-8-sig", newline="") as stream:  # -sig: Excel's BOM
         yield from csv.DictReader(stream)
 
 
@@ -190,6 +209,7 @@ _TABLE_READERS = {
     ".csv": _csv_rows,
     ".parquet": _parquet_rows,
 }
+_GZIP_TABLES = (".jsonl", ".json", ".csv")  # Parquet compresses itself
 TABLE_SUFFIXES = tuple(_TABLE_READERS)
 
 
@@ -211,7 +231,8 @@ def rows_to_messages(
             value = label_names[value]
         label = label_value(value, origin, number)
         name = LABELS[label]
-        yield message(_row_bytes(row.get(body_column), is_raw), label, origin, name)
+        body = _row_bytes(row.get(body_column), is_raw, row.get(RAW_ENCODING_COLUMN) or "utf-8")
+        yield message(body, label, origin, name)
 
 
 def _pick_columns(names: list[str], origin: str) -> tuple[str, str, bool]:
@@ -247,11 +268,24 @@ def label_value(value: Any, origin: str, row: int) -> int:
     raise DataError(f"{origin}: row {row}: unknown label value {value!r} (use spam/ham or 1/0)")
 
 
-def _row_bytes(value: Any, is_raw: bool) -> bytes:
-    """Raw messages as they are; a bare text as the body of a minimal UTF-8 message."""
+def _row_bytes(value: Any, is_raw: bool, encoding: str) -> bytes:
+    """Raw messages as they are; a bare text as the body of a minimal UTF-8 message.
+
+    A raw message stored as a string is encoded back with the row's ``raw_encoding``
+    (``utf-8`` if absent) and ``surrogateescape``, which returns the original bytes of a
+    message that was decoded with it (latin-1 or broken UTF-8 mail, say).
+    """
     if value is None:
         value = ""
-    data = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+    if isinstance(value, bytes):
+        data = value
+    elif is_raw:
+        try:
+            data = str(value).encode(encoding, "surrogateescape")
+        except (LookupError, UnicodeEncodeError):  # an unknown codec, or stray surrogates
+            data = str(value).encode("utf-8", "replace")
+    else:
+        data = str(value).encode("utf-8", "replace")
     return data if is_raw else plain_text_message(data)
 
 

@@ -11,11 +11,13 @@
   names, hidden files skipped, subfolders read) or Maildirs (``cur/`` and ``new/``).
   (Write ``./spamassassin`` for a directory of that name.)
 - ``mbox:spam=PATH[,PATH],ham=PATH[,PATH]``: mbox files per label.
-- ``FILE.jsonl``, ``.json``, ``.csv``, ``.parquet``: one row per message, with a label
-  column (``label``, ``labels``, ``class``, ``spam`` or ``is_spam``; values 1/0,
-  true/false, spam/ham, "not spam", ...) and either a raw-message column (``raw``,
-  ``message``, ``email``) or a body-only text column (``text``, ``body``); a text is
-  wrapped as the body of a minimal UTF-8 message, so ``email_to_text`` reads it as one.
+- ``FILE.jsonl``, ``.json``, ``.csv`` (each also gzipped, ``.gz``), ``.parquet``: one row
+  per message, with a label column (``label``, ``labels``, ``class``, ``spam`` or
+  ``is_spam``; values 1/0, true/false, spam/ham, "not spam", ...) and either a
+  raw-message column (``raw``, ``message``, ``email``; a string one is encoded back with
+  the row's ``raw_encoding``, default utf-8, and surrogateescape) or a body-only text
+  column (``text``, ``body``); a text is wrapped as the body of a minimal UTF-8 message,
+  so ``email_to_text`` reads it as one.
 - ``hf:NAME[:SPLIT]``: a Hugging Face Hub dataset (split ``train`` by default), with the
   same columns as the files; it needs a network.
 
@@ -88,7 +90,7 @@ def _read_path(path: Path) -> Iterable[Message]:
         return corpora.read_directory(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    if path.suffix.lower() in corpora.TABLE_SUFFIXES:
+    if corpora.table_suffix(path):
         return corpora.read_table(path)
     raise DataError(
         f"{path}: not a corpus (expected a directory with spam/ and ham/, or a "
