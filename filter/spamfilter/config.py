@@ -155,6 +155,21 @@ class FilterConfig:
         default=30.0,
         metadata=_help("seconds a message may wait for its score (then on_score_error)"),
     )
+    explain: Literal["off", "tagged", "all"] = field(
+        default="tagged",
+        metadata=_help(
+            "X-Spam-Report (the phrases that read most as spam or ham) for: no message, "
+            "messages at or above the tag threshold, every scored message"
+        ),
+    )
+    explain_phrases: int = field(
+        default=12,
+        metadata=_help("phrases a message's text is cut into to explain it (each scored alone)"),
+    )
+    explain_timeout: float = field(
+        default=2.0,
+        metadata=_help("seconds a message may wait for its explanation (then none is added)"),
+    )
     relay_timeout: float = field(
         default=120.0, metadata=_help("seconds for each next-hop step; the DATA step in total")
     )
@@ -216,6 +231,7 @@ class FilterConfig:
             if problem := probability_problem(f"'{name}'", getattr(self, name)):
                 problems.append(problem)
         counts = ("batch_size", "queue_size", "max_message_size", "max_recipients")
+        counts += ("explain_phrases",)
         for name in (*counts, "max_connections", "max_messages_per_session"):
             if getattr(self, name) < 1:
                 problems.append(f"'{name}' must be at least 1")
@@ -223,11 +239,11 @@ class FilterConfig:
         problems += self._list_problems()
         if not self.subject_tag.isascii():
             problems.append("'subject_tag' must be ASCII (it goes into the raw Subject header)")
-        if self.session_timeout <= self.score_timeout + self.relay_timeout:
+        if self.session_timeout <= self.score_timeout + self.explain_timeout + self.relay_timeout:
             # aiosmtpd's idle timer keeps running while DATA is scored and relayed.
             problems.append(
-                "'session_timeout' must exceed score_timeout + relay_timeout, or a client "
-                "could be cut off while its message is being relayed"
+                "'session_timeout' must exceed score_timeout + explain_timeout + relay_timeout, "
+                "or a client could be cut off while its message is being relayed"
             )
         return problems
 

@@ -42,10 +42,11 @@ def filter_config(model_dir: Path, relay_port: int, **changes) -> FilterConfig:
 
 
 @contextmanager
-def running_filter(config: FilterConfig, scorer=None) -> Iterator[FilterDaemon]:
-    """The filter daemon serving ``config`` from a thread; ``scorer`` replaces the model."""
+def running_filter(config: FilterConfig, scorer=None, explainer=None) -> Iterator[FilterDaemon]:
+    """The filter daemon serving ``config`` from a thread; ``scorer`` replaces the model
+    (and ``explainer`` then its explanations: none by default)."""
     daemon = FilterDaemon(config, lambda: config)
-    daemon.setup(scorer)
+    daemon.setup(scorer, explainer)
     failure: list[BaseException] = []
     loop_holder: list[asyncio.AbstractEventLoop] = []
 

@@ -2,7 +2,9 @@
 
 The tiny model is a real ``BertForSequenceClassification`` (2 layers, hidden 32) with a
 real WordPiece tokenizer, trained for a few seconds on the synthetic mail below until it
-separates spam from ham, then saved in the model-directory format the filter serves.
+separates spam from ham, then saved in the model-directory format the filter serves. The
+trigger model learns a rule with a known answer (one word makes mail spam), for tests of
+explanations.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ HAM_WORDS = (
     "meeting agenda project review patch commit release notes kernel build thanks "
     "tomorrow lunch schedule minutes draft report question python debian config"
 ).split()
+TRIGGER = "casino"  # the one word that makes trigger_message spam
+FILLER = [word for word in SPAM_WORDS + HAM_WORDS if word != TRIGGER]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "subject", ":", "from", "<", ">", "@"]
 VOCAB += SPAM_WORDS + HAM_WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?-")
 
@@ -95,18 +99,48 @@ def make_untrained_model_dir(directory: Path) -> Path:
     return directory
 
 
-def make_trained_model_dir(directory: Path, max_length: int = 64, steps: int = 60) -> Path:
+def trigger_message(label: int, index: int, rng: random.Random) -> bytes:
+    """Mail whose label one word decides: filler drawn from every word but ``TRIGGER``,
+    and for spam (label 1) ``TRIGGER`` once, somewhere in the body."""
+    message = EmailMessage()
+    message["From"] = f"sender{index} <sender{index}@example.org>"
+    message["Subject"] = " ".join(rng.choices(FILLER, k=3))
+    words = rng.choices(FILLER, k=rng.randint(12, 30))
+    if label:
+        words.insert(rng.randrange(len(words) + 1), TRIGGER)
+    message.set_content(" ".join(words) + "\n")
+    return message.as_bytes()
+
+
+def make_trigger_model_dir(directory: Path) -> Path:
+    """A tiny BERT that learnt ``trigger_message``'s rule: spam if and only if TRIGGER."""
+    rng = random.Random(0)
+    mail = [(trigger_message(label, i, rng), label) for i in range(64) for label in (0, 1)]
+    return make_trained_model_dir(directory, mail=mail, learning_rate=1e-3)
+
+
+def make_trained_model_dir(
+    directory: Path,
+    max_length: int = 64,
+    steps: int = 60,
+    mail: list[tuple[bytes, int]] | None = None,
+    learning_rate: float = 3e-3,
+) -> Path:
     """A tiny BERT trained on synthetic mail until it separates spam from ham, with a card
-    and the ONNX files the filter serves by default: the files training writes."""
+    and the ONNX files the filter serves by default: the files training writes.
+
+    ``mail``: (raw message, label) pairs to train on; by default 32 of each label from
+    ``make_message``.
+    """
     tokenizer = make_tokenizer(directory)
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_config(len(tokenizer)))
     rng = random.Random(0)
-    raws = [(make_message(label, i, rng), label) for i in range(32) for label in (0, 1)]
+    raws = mail or [(make_message(label, i, rng), label) for i in range(32) for label in (0, 1)]
     texts = [email_to_text(raw) for raw, _ in raws]
     labels = torch.tensor([label for _, label in raws])
     batch = tokenizer.pad(encode(tokenizer, texts, max_length), return_tensors="pt")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     model.train()
     for _ in range(steps):
         loss = model(**batch, labels=labels).loss

@@ -89,16 +89,22 @@ class Classifier:
         """The card's thresholds for this classifier's precision."""
         return self.card.thresholds_for(self.precision)
 
-    def score_texts(self, texts: Sequence[str], batch_size: int = 32) -> list[float]:
-        """P(spam) for each model text, in input order."""
+    def score_texts(
+        self, texts: Sequence[str], batch_size: int = 32, max_tokens: int | None = None
+    ) -> list[float]:
+        """P(spam) for each model text, in input order.
+
+        ``max_tokens`` also bounds each model run by its padded size (texts × the longest
+        text's tokens): many short texts with a few long ones (explain.py's phrases) then
+        do not all pay for the longest.
+        """
         if not texts:
             return []
         encoded = encode(self.tokenizer, texts, self.card.max_length, self.card.tail_tokens)
         ids = encoded["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for chunk in _runs(order, [len(row) for row in ids], batch_size, max_tokens):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="np")
             with self._lock:
                 probabilities = self.runner.spam_probabilities(
@@ -111,6 +117,22 @@ class Classifier:
     def score_raw(self, messages: Sequence[bytes], batch_size: int = 32) -> list[float]:
         """P(spam) for each raw message, in input order."""
         return self.score_texts([email_to_text(raw) for raw in messages], batch_size)
+
+
+def _runs(
+    order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """``order`` (indices by ascending length) cut into model runs of at most ``batch_size``
+    texts and, if given, ``max_tokens`` padded tokens (a longer text runs alone)."""
+    runs: list[list[int]] = []
+    for index in order:
+        if runs and len(runs[-1]) < batch_size:
+            padded = (len(runs[-1]) + 1) * lengths[index]  # this one is the longest so far
+            if max_tokens is None or padded <= max_tokens:
+                runs[-1].append(index)
+                continue
+        runs.append([index])
+    return runs
 
 
 class TorchRunner:

@@ -26,12 +26,18 @@ def encode(
         raise ValueError(f"tail_tokens ({tail_tokens}) must be below {room} for this tokenizer")
     # untruncated on purpose (the tail is wanted): no warning about the model's length
     body = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    ids = []
-    for tokens in body:
-        if len(tokens) > room:
-            tokens = tokens[: room - tail_tokens] + tokens[-tail_tokens:]
-        ids.append([*prefix, *tokens, *suffix])
+    ids = [[*prefix, *head_and_tail(tokens, room, tail_tokens), *suffix] for tokens in body]
     return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+
+def head_and_tail(tokens: list, room: int, tail_tokens: int) -> list:
+    """The items of ``tokens`` a text keeps in ``room`` places: the head, plus its last
+    ``tail_tokens`` when it is too long (what ``encode`` does to the token ids)."""
+    if len(tokens) <= room:
+        return tokens
+    if tail_tokens <= 0:
+        return tokens[:room]
+    return tokens[: room - tail_tokens] + tokens[-tail_tokens:]
 
 
 def special_affixes(tokenizer) -> tuple[list[int], list[int]]:

@@ -18,24 +18,25 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
 
 from spamfilter.config import FilterConfig
 
 log = logging.getLogger(__name__)
 
-ScoreBatch = Callable[[Sequence[bytes]], list[float]]
+R = TypeVar("R")  # what the batch function gives per message: a score, an explanation
 
 
 class Overloaded(RuntimeError):
     """The scoring queue is full."""
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[R]):
     """Collects messages into batches for ``score_batch`` (e.g. ``Classifier.score_raw``)."""
 
     def __init__(
         self,
-        score_batch: ScoreBatch,
+        score_batch: Callable[[Sequence[bytes]], list[R]],
         max_batch: int = FilterConfig.batch_size,
         queue_size: int = FilterConfig.queue_size,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
@@ -43,7 +44,7 @@ class MicroBatcher:
         self._score_batch = score_batch
         self.max_batch = max_batch
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[float]]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[R]]] = asyncio.Queue(queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self._worker: asyncio.Task[None] | None = None
 
@@ -59,9 +60,9 @@ class MicroBatcher:
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
-    async def score(self, raw: bytes) -> float:
+    async def score(self, raw: bytes) -> R:
         """P(spam) of ``raw``; raises Overloaded, or whatever the scorer raised."""
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((raw, future))
         except asyncio.QueueFull:
@@ -103,7 +104,7 @@ class MicroBatcher:
                 if not future.done():
                     future.set_result(score)
 
-    async def _collect(self) -> list[tuple[bytes, asyncio.Future[float]]]:
+    async def _collect(self) -> list[tuple[bytes, asyncio.Future[R]]]:
         """The next batch: the first message to arrive, and those already waiting with it."""
         batch = [await self._queue.get()]
         while len(batch) < self.max_batch and not self._queue.empty():

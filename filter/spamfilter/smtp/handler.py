@@ -24,7 +24,8 @@ from typing import Protocol
 from aiosmtpd.smtp import SMTP, Envelope
 
 from spamfilter.config import FilterConfig
-from spamfilter.smtp import quarantine, routing, xforward
+from spamfilter.model.explain import Explanation
+from spamfilter.smtp import quarantine, routing, spamreport, xforward
 from spamfilter.smtp.batcher import Overloaded
 from spamfilter.smtp.lists import Facts, Lists, client_address, from_addresses
 from spamfilter.smtp.policy import Policy, Verdict, strip_spam_headers
@@ -68,14 +69,22 @@ class Rules:
     score_timeout: float = FilterConfig.score_timeout
     max_recipients: int = FilterConfig.max_recipients
     lists: Lists = field(default_factory=Lists)
+    explain: str = FilterConfig.explain  # which verdicts get X-Spam-Report (spamreport)
+    explain_timeout: float = FilterConfig.explain_timeout
 
 
 class FilterHandler:
     def __init__(
-        self, rules: Rules, scorer: AsyncScorer, next_hop: Connector, metrics: FilterMetrics
+        self,
+        rules: Rules,
+        scorer: AsyncScorer,
+        next_hop: Connector,
+        metrics: FilterMetrics,
+        reporter: spamreport.Reporter | None = None,
     ) -> None:
         self.rules = rules
         self.scorer = scorer
+        self.reporter = reporter  # None: no explanations, whatever rules.explain says
         self.connector = next_hop
         self.metrics = metrics
         self.accepting = True  # False once SIGTERM arrived: no new transactions
@@ -161,6 +170,7 @@ class FilterHandler:
         score: float | None = None
         verdict = Verdict.TEMPFAIL
         groups: list[Group] = []
+        explanation = None
         try:
             score = await self._score(raw, rules.score_timeout)
             facts = _facts(session, envelope, raw) if rules.lists else Facts()
@@ -173,6 +183,11 @@ class FilterHandler:
                 bool(rules.quarantine_dir),
             )
             verdict = routing.strongest(groups)
+            if self.reporter is not None:
+                explanation = await self.reporter.explain(
+                    raw, verdict, rules.explain, rules.explain_timeout, queue_id
+                )
+            raw = spamreport.header(explanation) + raw  # joins our headers in rewrite
             if len(groups) == 1 or verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
                 reply = await self._act(groups[0], rules, raw, score, session, envelope, queue_id)
             else:
@@ -186,7 +201,8 @@ class FilterHandler:
             self._drop_next_hop(session)
             reply = INTERNAL_ERROR
         elapsed = time.perf_counter() - started
-        self._record(queue_id, envelope, score, verdict, reply, elapsed, _note(groups))
+        note = _note(groups) + _report(explanation)
+        self._record(queue_id, envelope, score, verdict, reply, elapsed, note)
         session.in_transaction = False  # nothing awaits from here until aiosmtpd sends reply
         return str(reply)
 
@@ -386,6 +402,11 @@ class FilterHandler:
             seconds * 1000,
             str(reply)[:200],
         )
+
+
+def _report(explanation: Explanation | None) -> str:
+    """The log line's ``report=`` field: the X-Spam-Report value, when there is one."""
+    return "" if explanation is None else f" report={spamreport.summary(explanation)!r}"
 
 
 def _facts(session: FilterSession, envelope: Envelope, raw: bytes = b"") -> Facts:

@@ -92,6 +92,12 @@ class FilterMetrics:
         self.reloads = Counter(
             "spamfilter_reloads", "SIGHUP reloads, by result", ["result"], registry=registry
         )
+        self.explanations = Counter(
+            "spamfilter_explanations",
+            "X-Spam-Report explanations, by result (ok, timeout, busy, error)",
+            ["result"],
+            registry=registry,
+        )
         self.instance = Info(
             "spamfilter_instance",
             "This daemon: its instance_name and the model it serves",

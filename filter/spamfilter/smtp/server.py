@@ -20,11 +20,13 @@ import dataclasses
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from spamfilter import configload
 from spamfilter.config import FilterConfig
 from spamfilter.model.classifier import Classifier, Scorer
+from spamfilter.model.explain import Explainer, Explanation
 from spamfilter.model.modeldir import ModelDirError, model_id, read_card
 from spamfilter.smtp import access, lists
 from spamfilter.smtp.batcher import MicroBatcher
@@ -34,6 +36,7 @@ from spamfilter.smtp.policy import Policy
 from spamfilter.smtp.prometheus import FilterMetrics, serve_http
 from spamfilter.smtp.protocol import FilterSMTP
 from spamfilter.smtp.relay import SmtpConnector
+from spamfilter.smtp.spamreport import Reporter
 from spamfilter.smtp.xforward import XForwardSMTP
 
 log = logging.getLogger(__name__)
@@ -41,9 +44,16 @@ log = logging.getLogger(__name__)
 # Settings bound at start-up (sockets, the loaded model, the scoring thread).
 RESTART_ONLY = (
     *("model", "listen", "metrics_listen", "precision", "device", "threads", "queue_size"),
+    "explain_phrases",
     *("tls_cert", "tls_key", "auth_file", "instance_name"),
 )
 SHUTDOWN_REPLY = "421 4.3.2 The filter is shutting down, try again later"
+
+
+class Explain(Protocol):
+    """What the daemon needs to explain messages (``model.explain.Explainer``)."""
+
+    def explain_raw(self, messages: Sequence[bytes]) -> list[Explanation]: ...
 
 
 class FilterDaemon:
@@ -56,15 +66,23 @@ class FilterDaemon:
         self._servers: list[asyncio.Server] = []
 
     # 1. set-up ---------------------------------------------------------------------------
-    def setup(self, scorer: Scorer | None = None) -> None:
+    def setup(self, scorer: Scorer | None = None, explainer: Explain | None = None) -> None:
         """Load the model and build the rules; raises ModelDirError/ValueError if unusable.
 
-        ``scorer`` replaces the model directory's classifier (fault-injection tests).
+        ``scorer`` replaces the model directory's classifier (fault-injection tests); the
+        messages are then explained by ``explainer`` only (none when it is None).
         """
         config = self.config
-        self.scorer = scorer or Classifier(
-            config.model, config.precision, config.threads or None, config.device
-        )
+        if scorer is None:
+            classifier = Classifier(
+                config.model, config.precision, config.threads or None, config.device
+            )
+            scorer = classifier
+            explainer = explainer or Explainer(
+                classifier, config.explain_phrases, config.batch_size
+            )
+        self.scorer = scorer
+        self.explainer = explainer
         self.model_id = model_id(config.model)
         self.rules = build_rules(config, self.model_id)
         self.gate = access.Gate(config.allowed_networks, config.max_connections, self.metrics)
@@ -84,7 +102,18 @@ class FilterDaemon:
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.batcher.start()
-        self.handler = FilterHandler(self.rules, self.batcher, _connector(config), self.metrics)
+        reporter = None
+        if self.explainer is not None:
+            self.explain_batcher = MicroBatcher(
+                self.explainer.explain_raw,
+                max_batch=config.batch_size,
+                queue_size=config.queue_size,
+            )
+            self.explain_batcher.start()
+            reporter = Reporter(self.explain_batcher, self.metrics)
+        self.handler = FilterHandler(
+            self.rules, self.batcher, next_hop_connector(config), self.metrics, reporter
+        )
         self.listening = Endpoint.parse(config.listen)
         smtp = await self.listening.serve(self._protocol)
         self._servers.append(smtp)
@@ -177,7 +206,7 @@ class FilterDaemon:
             return
         self.config = config
         self.rules = self.handler.rules = rules
-        self.handler.connector = _connector(config)
+        self.handler.connector = next_hop_connector(config)
         self.gate.configure(config.allowed_networks, config.max_connections)
         self.metrics.reloads.labels("ok").inc()
         log.info(
@@ -218,6 +247,8 @@ class FilterDaemon:
             self.listening.remove_socket_file()
         if hasattr(self, "batcher"):
             await self.batcher.aclose()
+        if hasattr(self, "explain_batcher"):
+            await self.explain_batcher.aclose()
 
 
 def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
@@ -238,6 +269,8 @@ def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
         score_timeout=config.score_timeout,
         max_recipients=config.max_recipients,
         lists=found,
+        explain=config.explain,
+        explain_timeout=config.explain_timeout,
     )
 
 
@@ -254,5 +287,6 @@ def default_instance_name(config: FilterConfig, bound: Endpoint) -> str:
     return f"{greeting_name(config)}/[{bound.host}]:{bound.port}"
 
 
-def _connector(config: FilterConfig) -> SmtpConnector:
+def next_hop_connector(config: FilterConfig) -> SmtpConnector:
+    """The next hop of ``config.relay``: the daemon's, and ``quarantine release``'s."""
     return SmtpConnector(Endpoint.parse(config.relay), config.relay_timeout, greeting_name(config))
