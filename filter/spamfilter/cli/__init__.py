@@ -14,6 +14,7 @@ from spamfilter.cli.classify import add_classify_parser
 from spamfilter.cli.common import EXIT_ERROR, CLIError, HelpFormatter
 from spamfilter.cli.evaluate import add_eval_parser
 from spamfilter.cli.export_onnx import add_export_onnx_parser
+from spamfilter.cli.quarantine import add_quarantine_parser
 from spamfilter.cli.serve import serve
 from spamfilter.cli.threshold import add_threshold_parser
 from spamfilter.model.modeldir import ModelDirError
@@ -24,13 +25,14 @@ __all__ = ["EXIT_ERROR", "build_parser", "main"]
 DESCRIPTION = """Score mail with a BERT model directory, manage its thresholds, evaluate it.
 
 examples:
-  spamfilter classify --model runs/x message.eml [more.eml | -] [--json]
+  spamfilter classify --model runs/x message.eml [more.eml | -] [--json] [--explain]
   spamfilter threshold show --model runs/x
   spamfilter threshold set 0.85 --model runs/x [--which tag|reject|quarantine]
   spamfilter threshold tune --model runs/x --data SOURCE --target-fpr 0.001 [--dry-run]
   spamfilter eval --model runs/x --data SOURCE --split test --out reports/x
   spamfilter eval --model runs/x --data spamassassin --baseline tfidf --baseline bogofilter ...
   spamfilter export-onnx --model runs/x
+  spamfilter quarantine list | show ID | release ID... | delete ID... | expire --older-than 30d
   spamfilter serve --model runs/x ...   (spamfilter serve --help)"""
 
 
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_threshold_parser(commands)
     add_eval_parser(commands)
     add_export_onnx_parser(commands)
+    add_quarantine_parser(commands)
     # Listed for --help only: main() hands "serve" to serve(), which builds its own parser.
     commands.add_parser("serve", help="run the SMTP content filter (spamfilter serve --help)")
     return parser
