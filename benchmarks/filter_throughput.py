@@ -2,6 +2,8 @@
 
     python benchmarks/filter_throughput.py --model runs/x --messages 400 \
         --concurrency 1,4,16,64 --out results/filter_throughput.json
+    python benchmarks/filter_throughput.py --model runs/x --messages 200 --concurrency 4 \
+        --explain off,tagged,all --out results/explain_throughput.json
 
 Starts a capturing sink (aiosmtpd, in this process) and ``spamfilter serve`` (its own
 process, as deployed) on loopback, sends the same N messages at each concurrency
@@ -10,6 +12,9 @@ reports msgs/s and p50/p99 latency per message (MAIL to the 250 after DATA). The
 it scores the same messages with ``Classifier.score_raw`` in batches of the daemon's
 batch size: the bare figure the daemon is measured against (issue 3: >= 80%).
 Messages are ``--mail-dir``'s files (*.eml, or any files), or synthetic ones.
+With several ``--explain`` settings (off, tagged, all: X-Spam-Report for no, tagged or
+every message), a daemon is started for each in turn and given the same messages, so
+the settings are compared in one run; each run counts its tagged and reported messages.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION)
     parser.add_argument("--threads", type=int, default=0, help="scoring threads; 0: default")
     parser.add_argument("--mail-dir", type=Path, help="directory of raw messages to send")
+    parser.add_argument(
+        "--explain", default="tagged", help="explain settings to compare (default tagged)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     return parser.parse_args()
 
@@ -97,14 +105,20 @@ def main() -> None:
         else synthetic_messages(args.messages)
     )
     concurrency = [int(clients) for clients in args.concurrency.split(",")]
-    runs, delivered = daemon_runs(args.model, serve_flags(args), messages, concurrency)
+    runs, delivered = [], 0
+    for explain in args.explain.split(","):
+        flags = [*serve_flags(args), "--explain", explain]
+        explained, count = daemon_runs(args.model, flags, messages, concurrency)
+        runs += [{"explain": explain, **run} for run in explained]
+        delivered += count
     bare = bare_run(args, messages)
     for run in runs:
         run["fraction_of_bare"] = run["msgs_per_s"] / bare["msgs_per_s"]
         print(
-            f"{run['clients']:>3} clients: {run['msgs_per_s']:7.1f} msgs/s  "
-            f"p50 {run['p50_ms']:7.1f} ms  p99 {run['p99_ms']:7.1f} ms  "
-            f"({100 * run['fraction_of_bare']:.0f}% of bare)"
+            f"explain {run['explain']:>6}, {run['clients']:>3} clients: "
+            f"{run['msgs_per_s']:7.1f} msgs/s  p50 {run['p50_ms']:7.1f} ms  "
+            f"p99 {run['p99_ms']:7.1f} ms  ({100 * run['fraction_of_bare']:.0f}% of bare; "
+            f"{run['tagged']} tagged, {run['reported']} with X-Spam-Report)"
         )
     print(f"bare Classifier.score_raw, batch {bare['batch_size']}: {bare['msgs_per_s']:.1f} msgs/s")
     result = {

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from spamrig import LOCALHOST
+from spamrig.clients import spam_headers
 from spamrig.daemon import daemon_process, serve_args
 from spamrig.sink import sink
 
@@ -27,11 +28,19 @@ def daemon_runs(
     model: Path, flags: Sequence[str], messages: Sequence[bytes], concurrency: Sequence[int]
 ) -> tuple[list[dict], int]:
     """``smtp_run`` at each client count through ``spamfilter serve --model MODEL FLAGS``,
-    after a warm-up; and how many messages reached the sink in all."""
+    after a warm-up, with how many of each run's messages arrived tagged and with an
+    X-Spam-Report; and how many messages reached the sink in all."""
     with sink() as (handler, sink_port):
         with daemon_process(serve_args(model, sink_port, *flags)) as (_, port, _):
             smtp_run(port, messages[:WARM_UP], 1)
-            runs = [smtp_run(port, messages, clients) for clients in concurrency]
+            runs = []
+            for clients in concurrency:
+                before = len(handler.deliveries)
+                run = smtp_run(port, messages, clients)
+                headers = [spam_headers(d.content) for d in handler.deliveries[before:]]
+                run["tagged"] = sum(h.get("X-Spam-Flag") == "YES" for h in headers)
+                run["reported"] = sum("X-Spam-Report" in h for h in headers)
+                runs.append(run)
         return runs, len(handler.deliveries)
 
 
