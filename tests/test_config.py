@@ -44,4 +44,3 @@ def test_every_setting_has_a_flag_with_help_default_and_environment_variable():
         assert f"SPAMFILTER_{field.name.upper()}" in text
     args = parser.parse_args(["--model", "m", "--no-reject", "--allowed-networks", "10.0.0.0/8"])
     assert (args.model, args.reject, args.allowed_networks) == ("m", False, "10.0.0.0/8")
-

@@ -51,4 +51,3 @@ def test_subject_tag_is_added_once():
     assert b"Subject: [SPAM] hello\r\n" in tagged
     assert prefix_subject(tagged, b"[SPAM] ") == tagged
     assert prefix_subject(b"A: b\r\n\r\n", b"[SPAM] ") == b"A: b\r\n\r\n"
-

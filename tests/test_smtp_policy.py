@@ -64,4 +64,3 @@ def test_quarantine_threshold_without_a_maildir_is_an_error():
     card = ModelCard(max_length=64, thresholds=Thresholds(quarantine=0.9))
     with pytest.raises(ValueError, match="quarantine_dir"):
         Policy.build(FilterConfig(model="m"), card, "m@1")
-
