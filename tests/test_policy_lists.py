@@ -371,4 +371,4 @@ def test_recipient_thresholds_that_need_a_setting_are_refused_at_start(tiny_mode
         tiny_model_dir, 9, recipient_thresholds=["recipient:a@b.example reject=0.9"]
     )
     with pytest.raises(ValueError, match="reject= needs 'reject: true'"):
-        build_rules(config, "m@1")
+        build_rules(config, tiny_model_dir, "m@1")

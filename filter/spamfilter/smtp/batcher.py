@@ -47,6 +47,7 @@ class MicroBatcher(Generic[R]):
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[R]]] = asyncio.Queue(queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self._worker: asyncio.Task[None] | None = None
+        self._callers = 0  # score() calls not yet answered
 
     @property
     def depth(self) -> int:
@@ -62,12 +63,29 @@ class MicroBatcher(Generic[R]):
 
     async def score(self, raw: bytes) -> R:
         """P(spam) of ``raw``; raises Overloaded, or whatever the scorer raised."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._callers += 1
         try:
-            self._queue.put_nowait((raw, future))
-        except asyncio.QueueFull:
-            raise Overloaded(f"{self._queue.maxsize} messages already wait for the model") from None
-        return await future
+            future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            try:
+                self._queue.put_nowait((raw, future))
+            except asyncio.QueueFull:
+                raise Overloaded(
+                    f"{self._queue.maxsize} messages already wait for the model"
+                ) from None
+            return await future
+        finally:
+            self._callers -= 1
+
+    async def retire(self, poll: float = 0.05) -> None:
+        """Answer every caller (the scorer still runs), then close: for a batcher whose model
+        was replaced on SIGHUP while new messages go to its successor. ``poll``: seconds.
+        """
+        # Callers that took this batcher before its replacement were scheduled before this
+        # task, so they are in score() by the time it first looks.
+        await asyncio.sleep(0)
+        while self._callers:
+            await asyncio.sleep(poll)
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the worker (failing what still waits) and the scoring thread."""

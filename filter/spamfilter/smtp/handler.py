@@ -165,14 +165,16 @@ class FilterHandler:
     async def handle_DATA(self, server: SMTP, session: FilterSession, envelope: Envelope) -> str:
         started = time.perf_counter()
         queue_id = secrets.token_hex(5).upper()
-        rules = self.rules
+        # All at once: SIGHUP may swap the model (with the rules, which name it, and the
+        # reporter, which explains with it).
+        rules, scorer, reporter = self.rules, self.scorer, self.reporter
         raw = strip_spam_headers(envelope.original_content or b"")
         score: float | None = None
         verdict = Verdict.TEMPFAIL
         groups: list[Group] = []
         explanation = None
         try:
-            score = await self._score(raw, rules.score_timeout)
+            score = await self._score(scorer, raw, rules.score_timeout)
             facts = _facts(session, envelope, raw) if rules.lists else Facts()
             groups = routing.plan(
                 rules.policy,
@@ -183,8 +185,8 @@ class FilterHandler:
                 bool(rules.quarantine_dir),
             )
             verdict = routing.strongest(groups)
-            if self.reporter is not None:
-                explanation = await self.reporter.explain(
+            if reporter is not None:
+                explanation = await reporter.explain(
                     raw, verdict, rules.explain, rules.explain_timeout, queue_id
                 )
             raw = spamreport.header(explanation) + raw  # joins our headers in rewrite
@@ -211,10 +213,10 @@ class FilterHandler:
         log.exception("unexpected error in an SMTP session", exc_info=error)
         return str(INTERNAL_ERROR)
 
-    async def _score(self, raw: bytes, timeout: float) -> float | None:
+    async def _score(self, scorer: AsyncScorer, raw: bytes, timeout: float) -> float | None:
         """P(spam), or None when scoring failed (Overloaded propagates: that is a 451)."""
         try:
-            score = await asyncio.wait_for(self.scorer.score(raw), timeout)
+            score = await asyncio.wait_for(scorer.score(raw), timeout)
             if not 0.0 <= score <= 1.0:  # NaN too: a broken model must not wave mail through
                 raise ValueError(f"the model returned {score!r}, not a probability")
             return score

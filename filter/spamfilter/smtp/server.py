@@ -6,8 +6,11 @@ Phases (each a method of ``FilterDaemon``):
 1. ``setup``: settings, model and policy. Any problem raises here, before a port opens:
    an MTA must never hand mail to a filter that cannot score it.
 2. ``start``: the micro-batcher, the SMTP listener, the metrics/health endpoint.
-3. ``serve``: until SIGTERM/SIGINT; SIGHUP calls ``reload`` (thresholds from the model's
-   spamfilter.json and the config file; a bad new config is logged and the old kept).
+3. ``serve``: until SIGTERM/SIGINT; SIGHUP calls ``reload``: the config file, the
+   thresholds in the model's spamfilter.json and, when the model directory (or the
+   ``current`` symlink it is reached by) now holds other weights, the new model. Anything
+   that cannot be used (a bad config, a corrupt or mismatched model) is logged and what
+   is in force kept.
 4. ``drain``: stop listening, refuse new transactions, close idle sessions with 421, let
    sessions in a transaction finish for up to ``drain_timeout`` seconds, then cut the rest
    (they were not answered 250, so their MTAs still hold the mail).
@@ -21,6 +24,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from spamfilter import configload
@@ -41,9 +45,10 @@ from spamfilter.smtp.xforward import XForwardSMTP
 
 log = logging.getLogger(__name__)
 
-# Settings bound at start-up (sockets, the loaded model, the scoring thread).
+# Settings bound at start-up (sockets, the scoring backend and thread). The model may
+# change on SIGHUP.
 RESTART_ONLY = (
-    *("model", "listen", "metrics_listen", "precision", "device", "threads", "queue_size"),
+    *("listen", "metrics_listen", "precision", "device", "threads", "queue_size"),
     "explain_phrases",
     *("tls_cert", "tls_key", "auth_file", "instance_name"),
 )
@@ -64,6 +69,9 @@ class FilterDaemon:
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         self._servers: list[asyncio.Server] = []
+        self._reload_task: asyncio.Task[None] | None = None
+        # Batchers of models replaced on SIGHUP, finishing the messages they hold.
+        self._retiring: dict[MicroBatcher, asyncio.Task[None]] = {}
 
     # 1. set-up ---------------------------------------------------------------------------
     def setup(self, scorer: Scorer | None = None, explainer: Explain | None = None) -> None:
@@ -73,46 +81,35 @@ class FilterDaemon:
         messages are then explained by ``explainer`` only (none when it is None).
         """
         config = self.config
+        self.model_dir = Path(config.model).resolve()  # a symlink's target now
         if scorer is None:
-            classifier = Classifier(
-                config.model, config.precision, config.threads or None, config.device
-            )
-            scorer = classifier
-            explainer = explainer or Explainer(
-                classifier, config.explain_phrases, config.batch_size
-            )
+            scorer, explainer = self._load_model(config, self.model_dir)
         self.scorer = scorer
         self.explainer = explainer
-        self.model_id = model_id(config.model)
-        self.rules = build_rules(config, self.model_id)
+        self.model_id = model_id(self.model_dir)
+        self.rules = build_rules(config, self.model_dir, self.model_id)
         self.gate = access.Gate(config.allowed_networks, config.max_connections, self.metrics)
         self.tls_context = (
             access.tls_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         )
         self.authenticator = access.PasswordFile(config.auth_file) if config.auth_file else None
 
+    @staticmethod
+    def _load_model(config: FilterConfig, directory: Path) -> tuple[Classifier, Explainer]:
+        classifier = Classifier(directory, config.precision, config.threads or None, config.device)
+        return classifier, Explainer(classifier, config.explain_phrases, config.batch_size)
+
     # 2. start ----------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
-        self.batcher = MicroBatcher(
-            self.scorer.score_raw,
-            max_batch=config.batch_size,
-            queue_size=config.queue_size,
-            on_batch=self.metrics.observe_batch,
-        )
+        self.batcher, self.explain_batcher = self._batchers_for(self.scorer, self.explainer)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
-        self.batcher.start()
-        reporter = None
-        if self.explainer is not None:
-            self.explain_batcher = MicroBatcher(
-                self.explainer.explain_raw,
-                max_batch=config.batch_size,
-                queue_size=config.queue_size,
-            )
-            self.explain_batcher.start()
-            reporter = Reporter(self.explain_batcher, self.metrics)
         self.handler = FilterHandler(
-            self.rules, self.batcher, next_hop_connector(config), self.metrics, reporter
+            self.rules,
+            self.batcher,
+            next_hop_connector(config),
+            self.metrics,
+            self._reporter(self.explain_batcher),
         )
         self.listening = Endpoint.parse(config.listen)
         smtp = await self.listening.serve(self._protocol)
@@ -126,6 +123,7 @@ class FilterDaemon:
             self._servers.append(http)
             self.metrics_address = http.sockets[0].getsockname()[:2]
         name = config.instance_name or default_instance_name(config, self.listening)
+        self.instance_name = name
         self.metrics.describe(name, self.model_id)
         log.info(
             "serving %s on %s, relaying to %s, tag=%g, metrics on %s, instance %s",
@@ -136,6 +134,29 @@ class FilterDaemon:
             config.metrics_listen or "(off)",
             name,
         )
+
+    def _batchers_for(
+        self, scorer: Scorer, explainer: Explain | None
+    ) -> tuple[MicroBatcher, MicroBatcher | None]:
+        """Started micro-batchers for a model's scores and (if any) its explanations."""
+        config = self.config
+        batcher = MicroBatcher(
+            scorer.score_raw,
+            max_batch=config.batch_size,
+            queue_size=config.queue_size,
+            on_batch=self.metrics.observe_batch,
+        )
+        batcher.start()
+        if explainer is None:
+            return batcher, None
+        explaining = MicroBatcher(
+            explainer.explain_raw, max_batch=config.batch_size, queue_size=config.queue_size
+        )
+        explaining.start()
+        return batcher, explaining
+
+    def _reporter(self, explain_batcher: MicroBatcher | None) -> Reporter | None:
+        return Reporter(explain_batcher, self.metrics) if explain_batcher is not None else None
 
     def _protocol(self) -> FilterSMTP:
         config = self.config
@@ -189,7 +210,22 @@ class FilterDaemon:
             await self.close()
 
     def reload(self) -> None:
-        """SIGHUP: new thresholds and settings; on any error keep the old ones."""
+        """SIGHUP: settings, thresholds, and the model if its weights changed (see ``_reload``).
+
+        Runs as a task, after any reload still in progress.
+        """
+        previous = self._reload_task
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload(previous))
+
+    async def _reload(self, previous: asyncio.Task[None] | None) -> None:
+        """Read the config and the model card; load a new model in a worker thread while
+        sessions go on, then swap the model and the rules together, between two messages.
+
+        A message that has begun scoring finishes on the old model, with its id in the
+        headers; the next ones go to the new model. On any error nothing changes.
+        """
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
         try:
             config = self._load_config()
             kept = {name: getattr(self.config, name) for name in RESTART_ONLY}
@@ -197,27 +233,71 @@ class FilterDaemon:
             if changed:
                 log.warning("reload: %s only change on restart; kept", ", ".join(changed))
             config = dataclasses.replace(config, **kept)
-            if model_id(config.model) != self.model_id:
-                raise ModelDirError(f"{config.model}: the weights changed; restart to load them")
-            rules = build_rules(config, self.model_id)
+            model_dir, identity, loaded = await asyncio.to_thread(self._model_for, config)
+            rules = build_rules(config, model_dir, identity)
         except (configload.ConfigError, ModelDirError, ValueError, OSError) as error:
             self.metrics.reloads.labels("error").inc()
-            log.error("reload failed, keeping the running config: %s", error)
+            log.error("reload failed, keeping the running config and model: %s", error)
             return
+        if loaded is not None:
+            self._swap_model(model_dir, identity, *loaded)
         self.config = config
         self.rules = self.handler.rules = rules
         self.handler.connector = next_hop_connector(config)
         self.gate.configure(config.allowed_networks, config.max_connections)
         self.metrics.reloads.labels("ok").inc()
         log.info(
-            "reloaded: tag=%g quarantine=%s reject=%s; lists: %d allow, %d deny, %d thresholds",
+            "reloaded: tag=%g quarantine=%s reject=%s; lists: %d allow, %d deny, "
+            "%d thresholds; model=%s",
             rules.policy.tag,
             rules.policy.quarantine,
             rules.policy.reject,
             len(rules.lists.allow),
             len(rules.lists.deny),
             len(rules.lists.thresholds),
+            self.model_id,
         )
+
+    def _model_for(
+        self, config: FilterConfig
+    ) -> tuple[Path, str, tuple[Classifier, Explainer] | None]:
+        """The model directory ``config`` names now, its id, and a new classifier and
+        explainer for it when it is not the model serving (None when it is). Runs in a
+        worker thread.
+
+        Loading refuses what start-up refuses (a missing, corrupt or mismatched model); any
+        other failure to load is refused too: a reload must never stop a running filter.
+        """
+        directory = Path(config.model).resolve()
+        identity = model_id(directory)
+        if directory == self.model_dir and identity == self.model_id:
+            return directory, identity, None
+        log.info("reload: loading %s from %s", identity, directory)
+        try:
+            return directory, identity, self._load_model(config, directory)
+        except ModelDirError:
+            raise
+        except Exception as error:
+            raise ModelDirError(f"{directory}: cannot load the model: {error}") from None
+
+    def _swap_model(
+        self, model_dir: Path, identity: str, scorer: Classifier, explainer: Explainer
+    ) -> None:
+        """Serve ``scorer`` from now on; the old model's batchers finish what they hold."""
+        old = [self.batcher, self.explain_batcher]
+        old_id = self.model_id
+        self.model_dir, self.model_id = model_dir, identity
+        self.scorer, self.explainer = scorer, explainer
+        self.batcher, self.explain_batcher = self._batchers_for(scorer, explainer)
+        self.handler.scorer = self.batcher
+        self.handler.reporter = self._reporter(self.explain_batcher)
+        self.metrics.describe(self.instance_name, identity)
+        for batcher in old:
+            if batcher is not None:
+                task = asyncio.get_running_loop().create_task(batcher.retire())
+                self._retiring[batcher] = task
+                task.add_done_callback(lambda _, b=batcher: self._retiring.pop(b, None))
+        log.info("reload: %s replaces %s (messages already scoring finish on it)", identity, old_id)
 
     # 4. drain ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -245,15 +325,22 @@ class FilterDaemon:
             await server.wait_closed()
         if hasattr(self, "listening"):
             self.listening.remove_socket_file()
+        if self._reload_task is not None:
+            self._reload_task.cancel()  # a model still loading is not wanted any more
+            await asyncio.gather(self._reload_task, return_exceptions=True)
+        for batcher, task in list(self._retiring.items()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await batcher.aclose()
         if hasattr(self, "batcher"):
             await self.batcher.aclose()
-        if hasattr(self, "explain_batcher"):
+        if getattr(self, "explain_batcher", None) is not None:
             await self.explain_batcher.aclose()
 
 
-def build_rules(config: FilterConfig, loaded_model_id: str) -> Rules:
-    """The rules from ``config`` and the model directory's current spamfilter.json."""
-    card = read_card(config.model)
+def build_rules(config: FilterConfig, model_dir: Path, loaded_model_id: str) -> Rules:
+    """The rules from ``config`` and the current spamfilter.json of the model serving."""
+    card = read_card(model_dir)
     policy = Policy.build(config, card, loaded_model_id)
     found = lists.from_config(
         config.allow, config.deny, config.recipient_thresholds, config.lists_file
