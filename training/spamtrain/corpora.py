@@ -63,11 +63,11 @@ def read_directory(root: Path) -> Iterator[Message]:
         raise DataError(f"{root}: directory has no {' or '.join(missing)} subfolder")
     for name, folder in folders.items():
         label = LABELS.index(name)
-        for path in _message_files(folder):
-            yield message(_read_bytes(path), label, str(path), name)
+        for path in message_files(folder):
+            yield message(read_bytes(path), label, str(path), name)
 
 
-def _message_files(folder: Path) -> list[Path]:
+def message_files(folder: Path) -> list[Path]:
     """Sorted non-hidden files; in a Maildir only ``cur/`` and ``new/`` (not ``tmp/``)."""
     maildir = [folder / sub for sub in ("cur", "new") if (folder / sub).is_dir()]
     files = []
@@ -79,7 +79,7 @@ def _message_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
@@ -110,10 +110,10 @@ def parse_mbox_spec(spec: str) -> dict[str, list[Path]]:
 def read_mboxes(paths: Mapping[str, list[Path]]) -> Iterator[Message]:
     for name in LABELS:
         for path in paths.get(name, []):
-            yield from _read_mbox(path, LABELS.index(name))
+            yield from read_mbox(path, LABELS.index(name))
 
 
-def _read_mbox(path: Path, label: int) -> Iterator[Message]:
+def read_mbox(path: Path, label: int) -> Iterator[Message]:
     if not path.is_file():
         raise DataError(f"{path}: no such mbox file")
     try:

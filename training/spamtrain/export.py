@@ -35,16 +35,18 @@ def save_model_directory(
     tokenizer: PreTrainedTokenizerBase,
     config: TrainConfig,
     card_fields: dict,
+    directory: Path | None = None,
 ) -> Path:
     """Weights (gathered from every rank, ZeRO-3 included), tokenizer and spamfilter.json,
-    and the ONNX files the filter serves by default.
+    and the ONNX files the filter serves by default, into ``directory`` (by default
+    ``config.output_dir``; ``spamfilter learn`` writes a temporary one, renamed later).
 
     ``get_state_dict`` must run on every rank: under ZeRO-3 it is a collective gather.
     Weights keep the model's own parameter names (``save_original_format=False``): a model
     loaded under ZeRO-3 would otherwise be saved with BERT's legacy ``LayerNorm.gamma/beta``
     names, since transformers (5.23) records every legacy renaming it knows as applied there.
     """
-    directory = Path(config.output_dir)
+    directory = Path(directory or config.output_dir)
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(

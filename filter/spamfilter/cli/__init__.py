@@ -14,6 +14,7 @@ from spamfilter.cli.classify import add_classify_parser
 from spamfilter.cli.common import EXIT_ERROR, CLIError, HelpFormatter
 from spamfilter.cli.evaluate import add_eval_parser
 from spamfilter.cli.export_onnx import add_export_onnx_parser
+from spamfilter.cli.learn import add_learn_parser
 from spamfilter.cli.quarantine import add_quarantine_parser
 from spamfilter.cli.serve import serve
 from spamfilter.cli.threshold import add_threshold_parser
@@ -33,6 +34,7 @@ examples:
   spamfilter eval --model runs/x --data spamassassin --baseline tfidf --baseline bogofilter ...
   spamfilter export-onnx --model runs/x
   spamfilter quarantine list | show ID | release ID... | delete ID... | expire --older-than 30d
+  spamfilter learn --model runs/x --spam Junk/ --ham Inbox/ --output runs/site [--install]
   spamfilter serve --model runs/x ...   (spamfilter serve --help)"""
 
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     add_export_onnx_parser(commands)
     add_quarantine_parser(commands)
+    add_learn_parser(commands)
     # Listed for --help only: main() hands "serve" to serve(), which builds its own parser.
     commands.add_parser("serve", help="run the SMTP content filter (spamfilter serve --help)")
     return parser

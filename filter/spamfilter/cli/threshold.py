@@ -26,6 +26,7 @@ from spamfilter.model.calibration import (
     record_set_by_hand,
     record_tuned,
     thresholds_to_change,
+    too_little_ham,
 )
 from spamfilter.model.modeldir import CARD_FILE, Thresholds, read_card, write_card
 from spamfilter.model.precision import SHARES_FP32_THRESHOLDS, resolve
@@ -156,11 +157,8 @@ def print_tuning(
         f"\n{args.which} threshold {value:.6g}: FPR {chosen['fpr']:.4%} ({chosen['fp']} of "
         f"{n_ham} ham), recall {chosen['recall']:.2%} ({chosen['tp']} of {n_spam} spam)"
     )
-    if args.target_fpr * n_ham < 1:
-        print(
-            f"note: {n_ham} ham cannot measure an FPR of {args.target_fpr:g}: "
-            "the threshold lets no ham through on this data"
-        )
+    if note := too_little_ham(n_ham, args.target_fpr):
+        print(f"note: {note}")
 
 
 def rows_around(rows: list[dict], chosen: dict, each_side: int = 4) -> list[dict]:

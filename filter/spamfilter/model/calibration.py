@@ -13,6 +13,7 @@ precision that has thresholds of its own.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,3 +74,18 @@ def record_set_by_hand(calibration: Calibration, which: str, at: str) -> None:
 def target_fpr(card: ModelCard) -> float:
     """The false-positive rate the card's tag threshold was tuned for (else the default)."""
     return card.calibration.get("target_fpr") or DEFAULT_TARGET_FPR
+
+
+def too_little_ham(n_ham: int, target_fpr: float) -> str | None:
+    """Why ``n_ham`` ham cannot measure ``target_fpr``, or None when they can.
+
+    With ``n`` ham an FPR below ``1/n`` means no false positive at all on them; the
+    share of new ham above the highest of ``n`` is then about ``1/(n + 1)``.
+    """
+    if target_fpr * n_ham >= 1:
+        return None
+    return (
+        f"{n_ham} ham cannot measure an FPR of {target_fpr:g} (that takes "
+        f"{math.ceil(1 / target_fpr):,}): the threshold lets none of them through, and new "
+        f"ham may be tagged at a rate near 1/{n_ham + 1} ({1 / (n_ham + 1):.1%})"
+    )

@@ -1,0 +1,408 @@
+"""``spamfilter learn``: continue training a model directory on a site's own mail.
+
+    spamfilter learn --model runs/default --spam Junk/ --ham Inbox/ --output runs/site
+
+1. Read the site's mail (``sitemail``): Maildirs, mbox files or directories of messages.
+2. Draw the replay sample: ``replay_ratio`` messages per site message from the training
+   split of the corpus the parent model was trained on (its card says which), so that
+   the model keeps what it knew. Its validation split is kept for the forgetting check.
+3. Calibrate out of fold. The site's mail is cut into ``folds`` folds, each label spread
+   evenly; for each fold the parent is trained on the other folds (plus their share of
+   the replay sample) and scores that fold. Every site message thus gets the score of a
+   model that never saw it, as a new message would, and the tag threshold is the lowest
+   whose false-positive rate on the site's ham meets the target. A held-out share would
+   leave a few dozen ham to calibrate on, and scores of the final model on its own
+   training mail are too low to calibrate on at all.
+4. Train the parent on all the site's mail plus the replay sample (the loop of
+   ``training/train.py``, in this process), score the replay corpus's validation split,
+   and write the model directory (weights, tokenizer, card, ONNX export) under a
+   temporary name beside ``output``, then rename it into place. The parent is only read.
+5. With ``install``, point a symlink (``current``) at the new directory: a new link under
+   a temporary name, renamed over the old one, so a reader sees either model, never none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import datasets
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from transformers import AutoTokenizer
+
+from spamfilter.evaluation.metrics import summary
+from spamfilter.model.calibration import record_tuned, too_little_ham
+from spamfilter.model.modeldir import ModelCard, model_id, read_card
+from spamfilter.model.onnxmodel import FILES as ONNX_FILES
+from spamtrain import checkpoint, data, sitemail
+from spamtrain.config import TrainConfig
+from spamtrain.corpora import DataError
+from spamtrain.export import calibrate, save_model_directory
+from spamtrain.features import loaders, tokenize
+from spamtrain.learnconfig import LearnConfig
+from spamtrain.loop import (
+    predict,
+    setup_model,
+    setup_optimizer,
+    setup_scheduler,
+    train,
+    training_plan,
+)
+
+# The forgetting check scores at most this many validation messages of the replay corpus
+# (all 638 of the built-in one): a big custom corpus would otherwise take an hour.
+MAX_FORGETTING_CHECK = 2000
+
+
+class LearnError(RuntimeError):
+    """A learn run that cannot go ahead; the message says why and what to do."""
+
+
+@dataclass
+class Replay:
+    """The replay corpus: a seeded sample of its training split, and its validation split."""
+
+    spec: str | None  # a --data spec; None: no replay
+    scheme: str
+    pool: datasets.Dataset | None
+    validation: datasets.Dataset | None
+
+
+@dataclass
+class Learned:
+    directory: Path
+    card: ModelCard
+    parent_card: ModelCard
+    installed: Path | None
+
+
+def learn(
+    settings: LearnConfig,
+    parent: Path,
+    spam: Sequence[Path],
+    ham: Sequence[Path],
+    output: Path,
+    install: Path | None = None,
+) -> Learned:
+    """Steps 1-5 of the module docstring; LearnError (or ModelDirError) before any training
+    for bad input, and nothing written then."""
+    started = time.perf_counter()
+    parent_card = read_card(parent)
+    parent_dir = Path(parent).resolve()  # a `current` link may be swapped while we read
+    check_destination(output, install)
+    try:
+        site = sitemail.read_site_mail(spam, ham)
+        replay = replay_corpus(parent_card, settings, site)
+    except DataError as error:
+        raise LearnError(str(error)) from None
+    config = continued_config(parent_card, parent_dir, settings, output, replay.spec)
+    accelerator = Accelerator(
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(parent_dir)
+    parts = {"site": site.dataset, "replay": replay.pool, "validation": replay.validation}
+    features = tokenize(
+        datasets.DatasetDict({name: part for name, part in parts.items() if part is not None}),
+        tokenizer,
+        config,
+    )
+    labels = site.dataset["label"]
+    out_of_fold = out_of_fold_scores(config, accelerator, tokenizer, features, settings, labels)
+    thresholds = calibrate(labels, out_of_fold, config)
+    # Written as <parent>/.NAME.partial-XXXX/NAME and renamed to <parent>/NAME: the same
+    # name all along, since the model id that the ONNX export records includes it.
+    scratch = output.with_name(f".{output.name}.partial-{secrets.token_hex(4)}")
+    partial = scratch / output.name
+    try:
+        partial.mkdir(parents=True)
+        model, throughput = fit(
+            dataclasses.replace(config, output_dir=str(partial)),
+            accelerator,
+            training_set(features, range(len(labels)), settings.replay_ratio),
+        )
+        metrics = {"site_out_of_fold": summary(labels, out_of_fold, thresholds.tag)}
+        if "validation" in features:
+            loader = eval_loader(accelerator, tokenizer, features["validation"], config)
+            val_labels, val_scores = predict(accelerator, model, loader)
+            metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
+        lineage = learned_from(parent_dir, settings, site, replay)
+        fields = {
+            "thresholds": thresholds,
+            "calibration": calibration_record(config, settings, labels),
+            "metrics": metrics,
+            "training": {
+                "data_fingerprint": data.fingerprint(training_data(site, replay)),
+                **throughput,
+                "learned_from": lineage,
+                "learn_seconds": round(time.perf_counter() - started, 1),
+            },
+        }
+        save_model_directory(accelerator, model, tokenizer, config, fields, directory=partial)
+        missing = [name for name in ONNX_FILES.values() if not (partial / name).is_file()]
+        if missing:
+            raise LearnError(
+                f"the ONNX export failed ({', '.join(missing)} missing; see the warning above); "
+                f"nothing was written to {output}"
+            )
+        sync_tree(partial)
+        os.rename(partial, output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if install is not None:
+        point(install, output)
+    return Learned(output, read_card(output), parent_card, install)
+
+
+# --- checks and settings -----------------------------------------------------------------
+
+
+def check_destination(output: Path, install: Path | None) -> None:
+    """Fail before any work when the output exists or the link is not a link."""
+    if output.exists() or output.is_symlink():
+        raise LearnError(
+            f"{output}: already exists; learn writes a new model directory and never "
+            "replaces one: choose another --output"
+        )
+    if install is not None and install.exists() and not install.is_symlink():
+        raise LearnError(f"{install}: exists and is not a symlink; --install replaces a symlink")
+
+
+def continued_config(
+    parent_card: ModelCard,
+    parent_dir: Path,
+    settings: LearnConfig,
+    output: Path,
+    replay_spec: str | None,
+) -> TrainConfig:
+    """The parent's training config, continued: its text settings, our schedule and data."""
+    recorded = parent_card.training.get("config", {})
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{key: value for key, value in recorded.items() if key in known})
+    config = dataclasses.replace(
+        base,
+        model_name_or_path=str(parent_dir),
+        data=replay_spec or "",
+        output_dir=str(output),
+        max_length=parent_card.max_length,  # the card, not the config: what the filter reads
+        tail_tokens=parent_card.tail_tokens,
+        num_train_epochs=settings.epochs,
+        max_steps=-1,
+        learning_rate=settings.learning_rate,
+        seed=settings.seed,
+        target_fpr=settings.target_fpr
+        or parent_card.calibration.get("target_fpr")
+        or base.target_fpr,
+        max_train_samples=None,
+        max_eval_samples=None,
+        eval_steps=0,
+        checkpointing_steps=0,
+        resume_from_checkpoint=None,
+        report_to="none",
+    )
+    problems = config.validate()
+    if problems:
+        raise LearnError(
+            "the parent's training settings cannot be continued: " + "; ".join(problems)
+        )
+    return config
+
+
+def replay_corpus(parent_card: ModelCard, settings: LearnConfig, site: sitemail.SiteMail) -> Replay:
+    """A seeded sample (random order) of the original corpus's training split, minus the
+    site's own messages, and its validation split (sampled down to MAX_FORGETTING_CHECK)."""
+    recorded = parent_card.training.get("config", {})
+    scheme = recorded.get("split_scheme", "hash")
+    if settings.replay_ratio == 0:
+        return Replay(None, scheme, None, None)
+    spec = settings.replay_data or recorded.get("data")
+    if not spec:
+        raise LearnError(
+            "the model card does not record the corpus the model was trained on: pass "
+            "--replay-data SPEC (a training --data spec, e.g. spamassassin), or "
+            "--replay-ratio 0 to learn without replay"
+        )
+    splits = data.split_dataset(data.load_source(spec), scheme=scheme)
+    site_ids = set(site.dataset["id"])
+    rows = [i for i, md5 in enumerate(splits["train"]["id"]) if md5 not in site_ids]
+    rng = random.Random(settings.seed)
+    wanted = min(round(settings.replay_ratio * len(site.dataset)), len(rows))
+    pool = splits["train"].select(rng.sample(rows, wanted))
+    validation = splits["validation"]
+    if len(validation) > MAX_FORGETTING_CHECK:
+        validation = validation.shuffle(seed=settings.seed).select(range(MAX_FORGETTING_CHECK))
+    # In memory: tokenizing a memory-mapped sample would leave cache files in the corpus cache.
+    return Replay(
+        spec,
+        scheme,
+        pool.flatten_indices(keep_in_memory=True) if len(pool) else None,
+        validation.flatten_indices(keep_in_memory=True) if len(validation) else None,
+    )
+
+
+# --- training runs -----------------------------------------------------------------------
+
+
+def assign_folds(labels: Sequence[int], folds: int, seed: int) -> list[int]:
+    """The fold of each message: each label shuffled (seeded) and dealt out in turn."""
+    rng = random.Random(seed)
+    fold_of = [0] * len(labels)
+    for label in sorted(set(labels)):
+        rows = [row for row, value in enumerate(labels) if value == label]
+        rng.shuffle(rows)
+        for position, row in enumerate(rows):
+            fold_of[row] = position % folds
+    return fold_of
+
+
+def out_of_fold_scores(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    tokenizer,
+    features: datasets.DatasetDict,
+    settings: LearnConfig,
+    labels: Sequence[int],
+) -> list[float]:
+    """P(spam) of each site message from a model trained without its fold."""
+    fold_of = assign_folds(labels, settings.folds, settings.seed)
+    scores = [0.0] * len(labels)
+    with tempfile.TemporaryDirectory(prefix="spamfilter-learn-") as scratch:
+        for fold in range(settings.folds):
+            kept = [row for row, value in enumerate(fold_of) if value != fold]
+            held = [row for row, value in enumerate(fold_of) if value == fold]
+            run = dataclasses.replace(config, output_dir=str(Path(scratch) / f"fold-{fold}"))
+            model, _ = fit(run, accelerator, training_set(features, kept, settings.replay_ratio))
+            loader = eval_loader(accelerator, tokenizer, features["site"].select(held), config)
+            _, held_scores = predict(accelerator, model, loader)
+            for row, score in zip(held, held_scores, strict=True):
+                scores[row] = score
+            del model, loader
+            accelerator.free_memory()  # the prepared model, optimizer and loaders of this fold
+    return scores
+
+
+def training_set(
+    features: datasets.DatasetDict, site_rows: Sequence[int], replay_ratio: float
+) -> datasets.Dataset:
+    """These site messages plus ``replay_ratio`` replayed messages for each of them."""
+    site = features["site"].select(site_rows)
+    if "replay" not in features:
+        return site
+    replayed = min(round(replay_ratio * len(site_rows)), len(features["replay"]))
+    return datasets.concatenate_datasets([site, features["replay"].select(range(replayed))])
+
+
+def fit(config: TrainConfig, accelerator: Accelerator, examples: datasets.Dataset):
+    """The parent model (``config.model_name_or_path``) trained on ``examples``: the model,
+    prepared by ``accelerator``, and the loop's throughput figures."""
+    set_seed(config.seed)
+    tokenizer, model = setup_model(config)
+    loader = loaders(datasets.DatasetDict({"train": examples}), tokenizer, config)["train"]
+    plan = training_plan(config, accelerator, len(loader))
+    optimizer = setup_optimizer(model, config, accelerator)
+    scheduler = setup_scheduler(optimizer, plan, accelerator, config)
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    start = checkpoint.Progress(completed_steps=0, epoch=0, batches_in_epoch=0)
+    throughput = train(
+        config, accelerator, model, optimizer, scheduler, loader, None, plan, start,
+        save_checkpoints=False,
+    )  # fmt: skip
+    return model, throughput
+
+
+def eval_loader(
+    accelerator: Accelerator, tokenizer, examples: datasets.Dataset, config: TrainConfig
+):
+    """Ordered batches of ``examples``, prepared for ``predict``."""
+    loader = loaders(datasets.DatasetDict({"eval": examples}), tokenizer, config)["eval"]
+    return accelerator.prepare(loader)
+
+
+# --- the record --------------------------------------------------------------------------
+
+
+def calibration_record(config: TrainConfig, settings: LearnConfig, labels: Sequence[int]) -> dict:
+    """How the thresholds were chosen, as ``spamfilter.model.calibration`` records it."""
+    calibration: dict = {}
+    facts = {"split": "site mail, out of fold", "folds": settings.folds, "chosen_at": now()}
+    record_tuned(calibration, "tag", config.target_fpr, labels, **facts)
+    record_tuned(calibration, "reject", config.reject_fpr, labels, **facts)
+    warning = too_little_ham(list(labels).count(0), config.target_fpr)
+    if warning:
+        calibration["warning"] = warning + "; feed more ham"
+    return calibration
+
+
+def training_data(site: sitemail.SiteMail, replay: Replay) -> dict[str, datasets.Dataset]:
+    parts = {"site": site.dataset}
+    if replay.pool is not None:
+        parts["replay"] = replay.pool
+    return parts
+
+
+def learned_from(
+    parent_dir: Path, settings: LearnConfig, site: sitemail.SiteMail, replay: Replay
+) -> dict:
+    """What the card records of the run: the parent, the site's mail, the replay sample."""
+    return {
+        "parent_model": model_id(parent_dir),
+        "parent_dir": str(parent_dir),
+        "site": {
+            "spam": site.count("spam"),
+            "ham": site.count("ham"),
+            "fingerprint": data.fingerprint({"site": site.dataset}),
+            "folders": [dataclasses.asdict(folder) for folder in site.folders],
+            "not_mail_skipped": sum(folder.not_mail for folder in site.folders),
+            "duplicates_dropped": site.duplicates,
+        },
+        "replay": {
+            "data": replay.spec,
+            "scheme": replay.scheme,
+            "split": "train",
+            "messages": len(replay.pool) if replay.pool is not None else 0,
+            "fingerprint": (
+                data.fingerprint({"replay": replay.pool}) if replay.pool is not None else None
+            ),
+        },
+        "settings": dataclasses.asdict(settings),
+        "learned_at": now(),
+    }
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- writing and installing ----------------------------------------------------------------
+
+
+def sync_tree(directory: Path) -> None:
+    """fsync every file and the directory, so a crash after the rename leaves no empty files."""
+    for path in [*directory.rglob("*"), directory]:
+        if path.is_file() or path.is_dir():
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+
+def point(link: Path, directory: Path) -> None:
+    """Make ``link`` a symlink to ``directory`` (relative, so the tree can move) atomically."""
+    target = os.path.relpath(directory.absolute(), link.parent.absolute())
+    temporary = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
