@@ -166,7 +166,7 @@ def test_learn_writes_a_complete_model_directory_and_leaves_the_parent_alone(lea
     first, second = load_file(parent / "model.safetensors"), load_file(output / "model.safetensors")
     assert any(not first[name].equal(second[name]) for name in first)  # it did learn
     assert model_id(output) != model_id(parent)
-    assert "learned from 16 spam and 16 ham" in out and "skipped 2 non-mail" in out
+    assert "learned from 16 spam and 16 ham" in out and "non-mail files skipped: 2" in out
 
 
 def test_the_learned_model_scores_and_serves(learned):

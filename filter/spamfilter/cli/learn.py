@@ -108,8 +108,8 @@ def print_learned(learned: Learned) -> None:
     site, replay = lineage["site"], lineage["replay"]
     print(
         f"learned from {site['spam']} spam and {site['ham']} ham (fingerprint "
-        f"{site['fingerprint']}); skipped {site['not_mail_skipped']} non-mail file(s) and "
-        f"{site['duplicates_dropped']} repeated cop(ies)"
+        f"{site['fingerprint']}); non-mail files skipped: {site['not_mail_skipped']}, "
+        f"repeated copies dropped: {site['duplicates_dropped']}"
     )
     if replay["messages"]:
         print(f"replayed {replay['messages']} messages of {replay['data']} (its train split)")
