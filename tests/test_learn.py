@@ -19,6 +19,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -157,6 +158,7 @@ def test_learn_writes_a_complete_model_directory_and_leaves_the_parent_alone(lea
     assert card.training["config"]["data"] == lineage["replay"]["data"]
     assert card.max_length == read_card(parent).max_length
     assert card.calibration["split"] == "site mail, out of fold"
+    assert "carried to this model's scale" in card.calibration["scores"]
     assert (card.calibration["n_ham"], card.calibration["n_spam"]) == (16, 16)
     assert 0 < card.thresholds.tag < 1
     assert card.metrics["site_out_of_fold"]["n"] == 32
@@ -218,6 +220,17 @@ def test_repeated_copies_under_one_label_are_kept_once(tmp_path):
     files, mbox = write_directory(tmp_path / "a", spam), write_mbox(tmp_path / "b", spam[:3])
     mail = read_site_mail([files, mbox], [ham])
     assert (mail.count("spam"), mail.duplicates) == (12, 3)
+
+
+def test_out_of_fold_scores_are_carried_to_the_final_models_scale_by_rank():
+    from spamtrain.learn import on_scale_of
+
+    fold_model = [0.1, 0.5, 0.9, 0.99]  # the reference messages' scores, per model
+    final = np.array([0.2, 0.6, 0.95, 0.997])
+    assert on_scale_of(0.9, fold_model, final) == pytest.approx(0.95)  # the same rank
+    assert on_scale_of(0.7, fold_model, final) == pytest.approx(0.775)  # between ranks
+    assert on_scale_of(0.999, fold_model, final) == pytest.approx(0.997)  # held at the ends
+    assert on_scale_of(0.0, fold_model, final) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(

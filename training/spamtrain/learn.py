@@ -9,15 +9,23 @@
 3. Calibrate out of fold. The site's mail is cut into ``folds`` folds, each label spread
    evenly; for each fold the parent is trained on the other folds (plus their share of
    the replay sample) and scores that fold. Every site message thus gets the score of a
-   model that never saw it, as a new message would, and the tag threshold is the lowest
-   whose false-positive rate on the site's ham meets the target. A held-out share would
-   leave a few dozen ham to calibrate on, and scores of the final model on its own
-   training mail are too low to calibrate on at all.
+   model that never saw it, as a new message would. A held-out share would leave a few
+   dozen ham to calibrate on, and the final model's scores of its own training mail are
+   too low to calibrate on at all.
 4. Train the parent on all the site's mail plus the replay sample (the loop of
-   ``training/train.py``, in this process), score the replay corpus's validation split,
-   and write the model directory (weights, tokenizer, card, ONNX export) under a
-   temporary name beside ``output``, then rename it into place. The parent is only read.
-5. With ``install``, point a symlink (``current``) at the new directory: a new link under
+   ``training/train.py``, in this process) and score the replay corpus's validation split
+   (the forgetting check).
+5. Carry the out-of-fold scores to the final model's scale, and choose the tag threshold:
+   the lowest whose false-positive rate on the site's ham meets the target. Each model
+   saturates at its own ceiling (spam scores crowd into the last 0.001 below it, and the
+   ceilings of the fold models and the final one differ by more than that), so a raw
+   out-of-fold threshold can lie above every score the final model gives. A fold model's
+   score is therefore replaced by the final model's score of the same rank among the
+   validation messages of the replay corpus, which all of them scored and none trained on
+   (quantile mapping). Without a replay corpus the scores are used as they are.
+6. Write the model directory (weights, tokenizer, card, ONNX export) under a temporary
+   name beside ``output``, then rename it into place. The parent is only read.
+7. With ``install``, point a symlink (``current``) at the new directory: a new link under
    a temporary name, renamed over the old one, so a reader sees either model, never none.
 """
 
@@ -36,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import datasets
+import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import AutoTokenizer
@@ -94,7 +103,7 @@ def learn(
     output: Path,
     install: Path | None = None,
 ) -> Learned:
-    """Steps 1-5 of the module docstring; LearnError (or ModelDirError) before any training
+    """Steps 1-7 of the module docstring; LearnError (or ModelDirError) before any training
     for bad input, and nothing written then."""
     started = time.perf_counter()
     parent_card = read_card(parent)
@@ -117,8 +126,7 @@ def learn(
         config,
     )
     labels = site.dataset["label"]
-    out_of_fold = out_of_fold_scores(config, accelerator, tokenizer, features, settings, labels)
-    thresholds = calibrate(labels, out_of_fold, config)
+    held_out = out_of_fold(config, accelerator, tokenizer, features, settings, labels)
     # Written as <parent>/.NAME.partial-XXXX/NAME and renamed to <parent>/NAME: the same
     # name all along, since the model id that the ONNX export records includes it.
     scratch = output.with_name(f".{output.name}.partial-{secrets.token_hex(4)}")
@@ -130,15 +138,24 @@ def learn(
             accelerator,
             training_set(features, range(len(labels)), settings.replay_ratio),
         )
-        metrics = {"site_out_of_fold": summary(labels, out_of_fold, thresholds.tag)}
+        metrics = {}
         if "validation" in features:
             loader = eval_loader(accelerator, tokenizer, features["validation"], config)
             val_labels, val_scores = predict(accelerator, model, loader)
+            scores = held_out.carried(val_scores)
+        else:
+            scores = held_out.scores
+        thresholds = calibrate(labels, scores, config)
+        metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
+        if "validation" in features:
             metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
+        calibration = calibration_record(config, settings, labels)
+        calibration["scores"] = held_out.scale_note()
+        calibration["uncarried_tag"] = calibrate(labels, held_out.scores, config).tag
         lineage = learned_from(parent_dir, settings, site, replay)
         fields = {
             "thresholds": thresholds,
-            "calibration": calibration_record(config, settings, labels),
+            "calibration": calibration,
             "metrics": metrics,
             "training": {
                 "data_fingerprint": data.fingerprint(training_data(site, replay)),
@@ -264,17 +281,54 @@ def assign_folds(labels: Sequence[int], folds: int, seed: int) -> list[int]:
     return fold_of
 
 
-def out_of_fold_scores(
+@dataclass
+class HeldOut:
+    """Out-of-fold scores of the site's mail, and what each fold model gave the reference."""
+
+    scores: list[float]  # P(spam) of each site message, from the model without its fold
+    fold_of: list[int]
+    references: list[list[float]] | None  # per fold: its scores of the replay validation split
+
+    def carried(self, final_reference: Sequence[float]) -> list[float]:
+        """The scores on the final model's scale (module docstring, step 5)."""
+        if self.references is None:
+            return self.scores
+        final = np.sort(np.asarray(final_reference, dtype=np.float64))
+        return [
+            on_scale_of(score, self.references[fold], final)
+            for score, fold in zip(self.scores, self.fold_of, strict=True)
+        ]
+
+    def scale_note(self) -> str:
+        if self.references is None:
+            return "out of fold, as the fold models gave them (no replay corpus to carry them by)"
+        return (
+            "out of fold, carried to this model's scale by rank among the "
+            f"{len(self.references[0])} validation messages of the replay corpus"
+        )
+
+
+def on_scale_of(score: float, reference: Sequence[float], target_sorted: np.ndarray) -> float:
+    """The score of the same rank among the reference messages under the target model:
+    quantile mapping, linear between reference scores, held at the ends."""
+    ranks = np.linspace(0.0, 1.0, len(target_sorted))
+    rank = np.interp(score, np.sort(np.asarray(reference, dtype=np.float64)), ranks)
+    return float(np.interp(rank, ranks, target_sorted))
+
+
+def out_of_fold(
     config: TrainConfig,
     accelerator: Accelerator,
     tokenizer,
     features: datasets.DatasetDict,
     settings: LearnConfig,
     labels: Sequence[int],
-) -> list[float]:
-    """P(spam) of each site message from a model trained without its fold."""
+) -> HeldOut:
+    """P(spam) of each site message from a model trained without its fold, and each fold
+    model's scores of the replay corpus's validation split (if there is one)."""
     fold_of = assign_folds(labels, settings.folds, settings.seed)
     scores = [0.0] * len(labels)
+    references: list[list[float]] | None = [] if "validation" in features else None
     with tempfile.TemporaryDirectory(prefix="spamfilter-learn-") as scratch:
         for fold in range(settings.folds):
             kept = [row for row, value in enumerate(fold_of) if value != fold]
@@ -285,9 +339,12 @@ def out_of_fold_scores(
             _, held_scores = predict(accelerator, model, loader)
             for row, score in zip(held, held_scores, strict=True):
                 scores[row] = score
+            if references is not None:
+                loader = eval_loader(accelerator, tokenizer, features["validation"], config)
+                references.append(predict(accelerator, model, loader)[1])
             del model, loader
             accelerator.free_memory()  # the prepared model, optimizer and loaders of this fold
-    return scores
+    return HeldOut(scores, fold_of, references)
 
 
 def training_set(
