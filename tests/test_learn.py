@@ -35,7 +35,7 @@ from spamrig.sink import sink
 from spamrig.synthetic import make_message
 from spamtrain.sitemail import MIN_PER_LABEL, looks_like_mail, read_site_mail
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)  # the first test also runs learn (module fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
 NOTES = b"shopping list\n- milk\n- bread\n"

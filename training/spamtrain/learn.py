@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -38,7 +39,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ from transformers import AutoTokenizer
 
 from spamfilter.evaluation.metrics import summary
 from spamfilter.model.calibration import record_tuned, too_little_ham
-from spamfilter.model.modeldir import ModelCard, model_id, read_card
+from spamfilter.model.modeldir import ModelCard, Thresholds, model_id, read_card
 from spamfilter.model.onnxmodel import FILES as ONNX_FILES
 from spamtrain import checkpoint, data, sitemail
 from spamtrain.config import TrainConfig
@@ -127,32 +128,15 @@ def learn(
     )
     labels = site.dataset["label"]
     held_out = out_of_fold(config, accelerator, tokenizer, features, settings, labels)
-    # Written as <parent>/.NAME.partial-XXXX/NAME and renamed to <parent>/NAME: the same
-    # name all along, since the model id that the ONNX export records includes it.
-    scratch = output.with_name(f".{output.name}.partial-{secrets.token_hex(4)}")
-    partial = scratch / output.name
-    try:
-        partial.mkdir(parents=True)
+    with partial_directory(output) as partial:
         model, throughput = fit(
             dataclasses.replace(config, output_dir=str(partial)),
             accelerator,
             training_set(features, range(len(labels)), settings.replay_ratio),
         )
-        metrics = {}
-        if "validation" in features:
-            loader = eval_loader(accelerator, tokenizer, features["validation"], config)
-            val_labels, val_scores = predict(accelerator, model, loader)
-            scores = held_out.carried(val_scores)
-        else:
-            scores = held_out.scores
-        thresholds = calibrate(labels, scores, config)
-        metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
-        if "validation" in features:
-            metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
-        calibration = calibration_record(config, settings, labels)
-        calibration["scores"] = held_out.scale_note()
-        calibration["uncarried_tag"] = calibrate(labels, held_out.scores, config).tag
-        lineage = learned_from(parent_dir, settings, site, replay)
+        thresholds, calibration, metrics = choose_thresholds(
+            config, settings, accelerator, tokenizer, features, model, held_out, labels
+        )
         fields = {
             "thresholds": thresholds,
             "calibration": calibration,
@@ -160,24 +144,40 @@ def learn(
             "training": {
                 "data_fingerprint": data.fingerprint(training_data(site, replay)),
                 **throughput,
-                "learned_from": lineage,
+                "learned_from": learned_from(parent_dir, settings, site, replay),
                 "learn_seconds": round(time.perf_counter() - started, 1),
             },
         }
         save_model_directory(accelerator, model, tokenizer, config, fields, directory=partial)
-        missing = [name for name in ONNX_FILES.values() if not (partial / name).is_file()]
-        if missing:
-            raise LearnError(
-                f"the ONNX export failed ({', '.join(missing)} missing; see the warning above); "
-                f"nothing was written to {output}"
-            )
-        sync_tree(partial)
-        os.rename(partial, output)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     if install is not None:
         point(install, output)
     return Learned(output, read_card(output), parent_card, install)
+
+
+def choose_thresholds(
+    config: TrainConfig,
+    settings: LearnConfig,
+    accelerator: Accelerator,
+    tokenizer,
+    features: datasets.DatasetDict,
+    model,
+    held_out: HeldOut,
+    labels: Sequence[int],
+) -> tuple[Thresholds, dict, dict]:
+    """Step 5: the thresholds, their calibration record, and the card's metrics (the
+    site's mail out of fold; the replay corpus's validation split, the forgetting check)."""
+    metrics = {}
+    scores = held_out.scores
+    if "validation" in features:
+        loader = eval_loader(accelerator, tokenizer, features["validation"], config)
+        val_labels, val_scores = predict(accelerator, model, loader)
+        scores = held_out.carried(val_scores)
+    thresholds = calibrate(labels, scores, config)
+    metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
+    if "validation" in features:
+        metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
+    uncarried = calibrate(labels, held_out.scores, config).tag
+    return thresholds, calibration_record(config, settings, labels, held_out, uncarried), metrics
 
 
 # --- checks and settings -----------------------------------------------------------------
@@ -387,15 +387,27 @@ def eval_loader(
 # --- the record --------------------------------------------------------------------------
 
 
-def calibration_record(config: TrainConfig, settings: LearnConfig, labels: Sequence[int]) -> dict:
+def calibration_record(
+    config: TrainConfig,
+    settings: LearnConfig,
+    labels: Sequence[int],
+    held_out: HeldOut,
+    uncarried_tag: float,
+) -> dict:
     """How the thresholds were chosen, as ``spamfilter.model.calibration`` records it."""
-    calibration: dict = {}
-    facts = {"split": "site mail, out of fold", "folds": settings.folds, "chosen_at": now()}
-    record_tuned(calibration, "tag", config.target_fpr, labels, **facts)
-    record_tuned(calibration, "reject", config.reject_fpr, labels, **facts)
+    facts = {
+        "split": "site mail, out of fold",
+        "folds": settings.folds,
+        "scores": held_out.scale_note(),
+        "uncarried_tag": uncarried_tag,  # the tag threshold on the fold models' own scales
+        "chosen_at": now(),
+    }
     warning = too_little_ham(list(labels).count(0), config.target_fpr)
     if warning:
-        calibration["warning"] = warning + "; feed more ham"
+        facts["warning"] = warning + "; feed more ham"
+    calibration: dict = {}
+    record_tuned(calibration, "tag", config.target_fpr, labels, **facts)
+    record_tuned(calibration, "reject", config.reject_fpr, labels, **facts)
     return calibration
 
 
@@ -440,6 +452,31 @@ def now() -> str:
 
 
 # --- writing and installing ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def partial_directory(output: Path) -> Iterator[Path]:
+    """A directory to write the model into, renamed to ``output`` once complete.
+
+    It is ``<parent>/.NAME.partial-XXXX/NAME``, named as ``output`` all along, since the
+    model id that the ONNX export records includes the name. On any error it is removed
+    and ``output`` never appears.
+    """
+    scratch = output.with_name(f".{output.name}.partial-{secrets.token_hex(4)}")
+    partial = scratch / output.name
+    try:
+        partial.mkdir(parents=True)
+        yield partial
+        missing = [name for name in ONNX_FILES.values() if not (partial / name).is_file()]
+        if missing:
+            raise LearnError(
+                f"the ONNX export failed ({', '.join(missing)} missing; see the warning above); "
+                f"nothing was written to {output}"
+            )
+        sync_tree(partial)
+        os.rename(partial, output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def sync_tree(directory: Path) -> None:
