@@ -88,3 +88,33 @@ def test_batcher_passes_scorer_errors_to_every_waiting_message():
         return results
 
     assert [str(result) for result in asyncio.run(scenario())] == ["model crashed"] * 2
+
+
+def test_a_retired_batcher_answers_what_it_was_handed_then_stops():
+    """A model replaced on SIGHUP: messages already handed to its batcher (one in the model,
+    more queued, one whose task has not started yet) all get its scores; then it closes."""
+    release = threading.Event()
+
+    def score(messages):
+        release.wait(5)
+        return [0.25] * len(messages)
+
+    async def scenario():
+        batcher = MicroBatcher(score, max_batch=2, max_wait=0.01)
+        batcher.start()
+        in_model = asyncio.ensure_future(batcher.score(b"a"))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.score(b"b")) for _ in range(3)]
+        await asyncio.sleep(0)
+        not_started = asyncio.ensure_future(batcher.score(b"c"))  # runs after retire begins
+        retiring = asyncio.ensure_future(batcher.retire(poll=0.01))
+        await asyncio.sleep(0.05)
+        assert not retiring.done()  # it waits for its callers
+        release.set()
+        results = await asyncio.gather(in_model, *queued, not_started)
+        await asyncio.wait_for(retiring, 5)
+        return results, batcher.running
+
+    results, running = asyncio.run(scenario())
+    assert results == [0.25] * 5
+    assert not running
