@@ -100,7 +100,7 @@ def test_a_retired_batcher_answers_what_it_was_handed_then_stops():
         return [0.25] * len(messages)
 
     async def scenario():
-        batcher = MicroBatcher(score, max_batch=2, max_wait=0.01)
+        batcher = MicroBatcher(score, max_batch=2)
         batcher.start()
         in_model = asyncio.ensure_future(batcher.score(b"a"))
         await asyncio.sleep(0.05)
