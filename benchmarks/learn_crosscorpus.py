@@ -21,7 +21,6 @@ no test depends on it.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ import numpy as np
 
 from spamfilter.evaluation.metrics import summary
 from spamfilter.model.modeldir import model_id, read_card
+from spamrig.crosscorpus import cached_scores, read_crosscorpus, read_spamassassin
 
 ROOT = Path(__file__).resolve().parent.parent
 FPRS = (0.001, 0.01)
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     trec, phishing = read_crosscorpus(args.data)
-    spamassassin = read_spamassassin_test()
+    spamassassin = read_spamassassin("test")["test"]
     messages = {**trec, **phishing, **spamassassin}
     order = draw_order(trec, args.seed)
     before = cached_scores(args.model, messages, args.work / "scores-parent.json")
@@ -115,26 +115,6 @@ def main() -> None:
 # --- the mail ---------------------------------------------------------------------------
 
 
-def read_crosscorpus(path: Path) -> tuple[dict, dict]:
-    """TREC and phishing messages: id -> (label, raw bytes)."""
-    trec, phishing = {}, {}
-    with gzip.open(path, "rt", encoding="utf-8") as stream:
-        for line in stream:
-            row = json.loads(line)
-            raw = row["raw"].encode(row["raw_encoding"], "surrogateescape")
-            label = 1 if row["label"] == "spam" else 0
-            (trec if row["source"] == "trec07p" else phishing)[row["id"]] = (label, raw)
-    return trec, phishing
-
-
-def read_spamassassin_test() -> dict:
-    from spamtrain.data import load_splits
-
-    test = load_splits("spamassassin", ("test",))["test"]
-    rows = zip(test["id"], test["label"], test["raw"], strict=True)
-    return {f"spamassassin:{md5}": (label, raw) for md5, label, raw in rows}
-
-
 def draw_order(trec: dict, seed: int) -> dict[int, list[str]]:
     """Each label's ids in a seeded random order: the site mail of size k takes k/2 of each."""
     rng = random.Random(seed)
@@ -177,27 +157,6 @@ def learn(parent: Path, site: Path, output: Path, extra: list[str]) -> float:
     output.with_name("learn.log").write_text(done.stdout)
     record.write_text(json.dumps({"seconds": seconds, "command": command}) + "\n")
     return seconds
-
-
-def cached_scores(model: Path, messages: dict, cache: Path) -> dict[str, float]:
-    """P(spam) of every message by ``model`` (onnx-fp32), computed once per cache file."""
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    import datasets
-
-    from spamfilter.cli.common import score_dataset
-    from spamfilter.model.classifier import Classifier
-
-    keys = list(messages)
-    rows = datasets.Dataset.from_dict({"raw": [messages[key][1] for key in keys]})
-    started = time.perf_counter()
-    scores = score_dataset(Classifier(model, precision="onnx-fp32"), rows)
-    seconds = time.perf_counter() - started
-    print(f"{model}: {len(keys)} messages scored in {seconds:.0f} s ({len(keys) / seconds:.1f}/s)")
-    result = dict(zip(keys, scores.tolist(), strict=True))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(result))
-    return result
 
 
 def figures(keys: list[str], messages: dict, before: dict, after: dict, parent: Path, card) -> dict:

@@ -10,12 +10,14 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import BertForSequenceClassification
 
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.modeldir import read_card
 from spamrig import ROOT
 from spamrig.launch import launch, small_run
 from spamrig.synthetic import make_message
+from spamtrain.loop import training_loss
 
 
 def test_single_process_writes_a_servable_model_directory(
@@ -118,6 +120,7 @@ def test_latest_checkpoint_and_tensorboard(tiny_base_model, synthetic_corpus, tm
         (["--no_such_flag", "1"], "unknown key 'no_such_flag'"),
         (["--max_length", "lots"], "bad value for 'max_length'"),
         (["--target_fpr", "2"], "target_fpr must lie strictly between 0 and 1"),
+        (["--label_smoothing", "0.5"], "label_smoothing must lie in [0, 0.5)"),
     ],
 )
 def test_bad_settings_stop_with_a_message_naming_the_key(args, message):
@@ -129,6 +132,25 @@ def test_bad_settings_stop_with_a_message_naming_the_key(args, message):
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_label_smoothing_moves_the_loss_target_off_certainty(tiny_base_model):
+    """Smoothed loss is the cross-entropy against (1 - e/2, e/2) targets; without it, the
+    model's own loss."""
+    model = BertForSequenceClassification.from_pretrained(tiny_base_model).eval()
+    model.classifier.bias.data = torch.tensor([-2.0, 2.0])  # confident: the targets matter
+    batch = {
+        "input_ids": torch.tensor([[2, 5, 6, 3], [2, 7, 8, 3]]),
+        "attention_mask": torch.ones(2, 4, dtype=torch.long),
+        "labels": torch.tensor([1, 1]),
+    }
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(input_ids=batch["input_ids"]).logits, dim=-1)
+        targets = torch.tensor([[0.05, 0.95], [0.05, 0.95]])
+        expected = -(targets * log_p).sum(dim=-1).mean()
+        assert torch.isclose(training_loss(model, batch, 0.1), expected)
+        assert torch.isclose(training_loss(model, batch, 0.0), model(**batch).loss)
+        assert not torch.isclose(training_loss(model, batch, 0.1), model(**batch).loss)
 
 
 def test_unknown_key_in_a_recipe_names_key_and_file(tmp_path):

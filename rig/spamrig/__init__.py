@@ -9,6 +9,7 @@
 - ``hostilemail``: pathological and generated hostile messages
 - ``postfix``: a private Postfix instance in a temporary directory
 - ``launch``: ``accelerate launch`` of training/train.py for the training tests
+- ``crosscorpus``: mail the model never saw (crosscorpus-dev, the test split) for benchmarks
 
 Everything runs on loopback (127.0.0.0/8) or unix sockets.
 """

@@ -57,6 +57,11 @@ class TrainConfig:
     weight_decay: float = _help("AdamW weight decay (not on biases and LayerNorm).", 0.01)
     warmup_ratio: float = _help("Fraction of optimizer steps with linear warm-up.", 0.06)
     max_grad_norm: float = _help("Gradient clipping norm (0 disables).", 1.0)
+    label_smoothing: float = _help(
+        "Cross-entropy label smoothing: the share of each target moved to the other label, "
+        "so the model is trained not to be certain (0 disables).",
+        0.0,
+    )
     num_train_epochs: int = _help("Passes over the training split.", 1)
     max_steps: int = _help("Stop after this many optimizer steps (-1: run all epochs).", -1)
     seed: int = _help("Seed for weights of the head, shuffling and dropout.", 42)
@@ -92,6 +97,8 @@ class TrainConfig:
             problems.append("gradient_accumulation_steps must be at least 1")
         if self.learning_rate <= 0:
             problems.append("learning_rate must be positive")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append("label_smoothing must lie in [0, 0.5)")
         if self.num_train_epochs < 1 and self.max_steps <= 0:
             problems.append("num_train_epochs must be at least 1 unless max_steps is set")
         if problem := probability_problem("target_fpr", self.target_fpr):

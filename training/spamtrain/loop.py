@@ -186,7 +186,7 @@ def train(
         started = time.perf_counter()
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = training_loss(model, batch, config.label_smoothing)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -243,6 +243,17 @@ def train(
     }
     logger.info("training throughput: %s", throughput, main_process_only=True)
     return throughput
+
+
+def training_loss(model, batch: dict, label_smoothing: float) -> torch.Tensor:
+    """The model's own cross-entropy, or with ``label_smoothing`` one computed here."""
+    if not label_smoothing:
+        return model(**batch).loss
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float(), batch["labels"], label_smoothing=label_smoothing
+    )
 
 
 def predict(accelerator: Accelerator, model, loader) -> tuple[list[int], list[float]]:
