@@ -16,7 +16,7 @@ from spamfilter import cli
 from spamfilter.evaluation.metrics import at_threshold
 from spamfilter.model.modeldir import CARD_FILE, read_card
 from spamfilter.model.precision import DEFAULT_PRECISION, resolve
-from spamrig.synthetic import make_message, write_maildirs
+from spamrig.synthetic import make_message, write_maildir, write_maildirs
 
 SPAMFILTER = Path(sys.executable).with_name("spamfilter")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -153,19 +153,54 @@ def test_missing_model_directory_is_one_line_error(capsys, tmp_path):
 # --- threshold tune -----------------------------------------------------------------------
 
 
-def test_tune_meets_the_target_fpr_and_records_calibration(capsys, model_dir, labelled_corpus):
+def test_tune_at_confidence_0_meets_the_observed_target_and_records_it(
+    capsys, model_dir, labelled_corpus
+):
     labels, scores = _score_corpus(model_dir, labelled_corpus)
     assert at_threshold(labels, scores, 0.5)["fpr"] > 0.05  # the spam-like ham at the old tag
     argv = ["threshold", "tune", "--model", model_dir, "--data", labelled_corpus]
-    code, out, _ = run(capsys, *argv, "--split", "all", "--target-fpr", "0.05")
+    code, out, _ = run(capsys, *argv, "--split", "all", "--target-fpr", "0.05", "--confidence", "0")
     assert code == 0
     card = read_card(model_dir)
+    fp = at_threshold(labels, scores, card.thresholds.tag)["fp"]
+    assert fp / 44 <= 0.05
     assert card.calibration | {"chosen_at": None} == {
         "target_fpr": 0.05, "split": "all", "scheme": "hash", "source": str(labelled_corpus),
-        "n_ham": 44, "n_spam": 40, "precision": resolve(DEFAULT_PRECISION), "chosen_at": None,
+        "precision": resolve(DEFAULT_PRECISION), "chosen_at": None, "n_ham": 44, "n_spam": 40,
+        "tag": {"method": "observed", "confidence": 0.0, "n_ham": 44, "n_spam": 40,
+                "false_positives": fp, "fpr_upper_bound": fp / 44, "bound_met": True,
+                "ham_needed": 20},
     }  # fmt: skip
-    assert at_threshold(labels, scores, card.thresholds.tag)["fpr"] <= 0.05
     assert "| <- |" in out and "kill -HUP" in out
+    assert f"FPR {fp / 44:.2%} observed on 44 ham ({fp} above), within the target 5%" in out
+
+
+def test_tune_on_a_maildir_pair_bounds_the_fpr_and_says_when_ham_are_too_few(
+    capsys, model_dir, tmp_path
+):
+    site = tmp_path / "site"
+    write_maildir(site / "spam", [make_message(1, 700 + index) for index in range(30)])
+    write_maildir(site / "ham", [make_message(0, 700 + index) for index in range(30)])
+    assert len(list((site / "ham" / "cur").iterdir())) == 15
+    argv = ["threshold", "tune", "--model", model_dir, "--data", site, "--split", "all"]
+    code, out, _ = run(capsys, *argv, "--target-fpr", "0.01")
+    assert code == 0
+    card = read_card(model_dir)
+    labels, scores = _score_corpus(model_dir, site)
+    assert card.thresholds.tag > max(s for s, y in zip(scores, labels, strict=True) if y == 0)
+    record = card.calibration["tag"]
+    assert record | {"fpr_upper_bound": None} == {
+        "method": "clopper-pearson", "confidence": 0.95, "n_ham": 30, "n_spam": 30,
+        "false_positives": 0, "fpr_upper_bound": None, "bound_met": False, "ham_needed": 299,
+    }  # fmt: skip
+    assert record["fpr_upper_bound"] == pytest.approx(1 - 0.05 ** (1 / 30))
+    said = "FPR <= 9.50% at 95% confidence on 30 ham (0 above); too little ham: the target 1% "
+    assert said + "needs >= 299 ham" in out
+    _, shown, _ = run(capsys, "threshold", "show", "--model", model_dir)
+    assert said in shown and "method: clopper-pearson" in shown
+    # Set by hand, the threshold no longer claims a bound.
+    run(capsys, "threshold", "set", "0.9", "--model", model_dir)
+    assert "tag" not in read_card(model_dir).calibration
 
 
 def test_tune_dry_run_leaves_the_card(capsys, model_dir, labelled_corpus):

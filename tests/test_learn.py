@@ -32,7 +32,9 @@ from spamfilter.smtp.policy import Policy
 from spamrig.clients import delivered_ids, numbered_message, send, spam_headers
 from spamrig.daemon import daemon_process, filter_config, running_filter, serve_args, wait_for
 from spamrig.sink import sink
-from spamrig.synthetic import make_message
+from spamrig.synthetic import make_message, write_maildir
+from spamtrain.learn import continued_config
+from spamtrain.learnconfig import LearnConfig
 from spamtrain.sitemail import MIN_PER_LABEL, looks_like_mail, read_site_mail
 
 pytestmark = pytest.mark.timeout(600)  # the first test also runs learn (module fixture)
@@ -51,18 +53,6 @@ def write_directory(folder: Path, raws: list[bytes]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for index, raw in enumerate(raws):
         (folder / f"{index:04d}.eml").write_bytes(raw)
-    return folder
-
-
-def write_maildir(folder: Path, raws: list[bytes]) -> Path:
-    """Half in new/ (just delivered), half in cur/ (seen), as an IMAP server leaves them."""
-    box = mailbox.Maildir(folder, create=True)
-    for index, raw in enumerate(raws):
-        message = mailbox.MaildirMessage(raw)
-        if index % 2:
-            message.set_subdir("cur")
-            message.set_flags("S")
-        box.add(message)
     return folder
 
 
@@ -163,8 +153,13 @@ def test_learn_writes_a_complete_model_directory_and_leaves_the_parent_alone(lea
     assert 0 < card.thresholds.tag < 1
     assert card.metrics["site_out_of_fold"]["n"] == 32
     assert card.metrics["validation"]["n"] > 0  # the replay corpus's validation split
-    assert "16 ham cannot measure an FPR of 0.001" in card.calibration["warning"]
-    assert "warning: 16 ham cannot measure" in err
+    record = card.calibration["tag"]
+    assert (record["method"], record["confidence"], record["n_ham"], record["bound_met"]) == (
+        "clopper-pearson", 0.95, 16, False
+    )  # fmt: skip
+    too_few = "on 16 ham (0 above); too little ham: the target 0.1% needs >= 2,995 ham"
+    assert too_few in card.calibration["warning"] and too_few in out
+    assert "; feed more ham" in err
     first, second = load_file(parent / "model.safetensors"), load_file(output / "model.safetensors")
     assert any(not first[name].equal(second[name]) for name in first)  # it did learn
     assert model_id(output) != model_id(parent)
@@ -353,8 +348,24 @@ def test_a_card_without_its_corpus_needs_replay_data(tiny_model_dir, tmp_path, o
 
 
 @pytest.mark.parametrize(
+    ("asked", "recorded", "used"), [(None, 0.9, 0.9), (0.0, 0.9, 0.0), (None, None, 0.95)]
+)
+def test_learn_keeps_the_parents_confidence_unless_asked(tiny_model_dir, asked, recorded, used):
+    card = read_card(tiny_model_dir)
+    if recorded is not None:
+        card.calibration["tag"] = {"confidence": recorded}
+    settings = LearnConfig(confidence=asked)
+    config = continued_config(card, tiny_model_dir, settings, Path("out"), None)
+    assert config.confidence == used
+
+
+@pytest.mark.parametrize(
     ("flag", "value", "message"),
-    [("--folds", "1", "folds must be at least 2"), ("--epochs", "x", "bad value for 'epochs'")],
+    [
+        ("--folds", "1", "folds must be at least 2"),
+        ("--epochs", "x", "bad value for 'epochs'"),
+        ("--confidence", "1", "confidence must lie in [0, 1)"),
+    ],
 )
 def test_bad_settings(tiny_model_dir, tmp_path, ok, flag, value, message):
     assert message in refused(tiny_model_dir, tmp_path, flag, value, ok=ok)

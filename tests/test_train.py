@@ -24,9 +24,8 @@ def test_single_process_writes_a_servable_model_directory(
     tiny_base_model, synthetic_corpus, tmp_path
 ):
     output = tmp_path / "model"
-    result = launch(
-        "cpu.yaml", *small_run(tiny_base_model, synthetic_corpus, output, "--num_train_epochs", "3")
-    )
+    args = ("--num_train_epochs", "3", "--reject_fpr", "0.0005")
+    result = launch("cpu.yaml", *small_run(tiny_base_model, synthetic_corpus, output, *args))
     assert "1 process(es)" in result.stderr
     files = ("config.json", "model.safetensors", "tokenizer.json", "spamfilter.json")
     for name in (*files, "model.onnx", "model.int8.onnx"):
@@ -35,6 +34,19 @@ def test_single_process_writes_a_servable_model_directory(
     assert card.max_length == 64
     assert 0 < card.thresholds.tag < 1
     assert card.calibration["split"] == "validation" and card.calibration["target_fpr"] == 0.001
+    # A few validation ham cannot bound an FPR of 0.1 %: recorded, and said in words.
+    n_ham = card.metrics["validation"]["n"] - card.metrics["validation"]["n_spam"]
+    for which, needed in (("tag", 2995), ("reject", 5990)):
+        record = card.calibration[which]
+        assert (record["method"], record["confidence"], record["n_ham"]) == (
+            "clopper-pearson", 0.95, n_ham
+        )  # fmt: skip
+        assert (record["false_positives"], record["bound_met"], record["ham_needed"]) == (
+            0, False, needed
+        )  # fmt: skip
+        assert record["fpr_upper_bound"] == pytest.approx(1 - 0.05 ** (1 / n_ham))
+    assert card.thresholds.reject >= card.thresholds.tag
+    assert f"at 95% confidence on {n_ham} ham (0 above); too little ham" in result.stdout
     assert set(card.metrics) == {"validation", "test"}
     assert card.metrics["test"]["roc_auc"] > 0.9
     assert card.training["config"]["data"] == str(synthetic_corpus)
@@ -121,6 +133,7 @@ def test_latest_checkpoint_and_tensorboard(tiny_base_model, synthetic_corpus, tm
         (["--max_length", "lots"], "bad value for 'max_length'"),
         (["--target_fpr", "2"], "target_fpr must lie strictly between 0 and 1"),
         (["--label_smoothing", "0.5"], "label_smoothing must lie in [0, 0.5)"),
+        (["--confidence", "1"], "confidence must lie in [0, 1)"),
     ],
 )
 def test_bad_settings_stop_with_a_message_naming_the_key(args, message):

@@ -171,15 +171,15 @@ def finish(
     """Calibrate on validation, measure on test, and write the model directory."""
     log_parameter_checksum(accelerator, model)
     val_labels, val_scores = predict(accelerator, model, validation_loader)
-    thresholds = calibrate(val_labels, val_scores, config)
+    thresholds, points = calibrate(val_labels, val_scores, config)
     test_labels, test_scores = predict(accelerator, model, test_loader)
     metrics = {
         "validation": summary(val_labels, val_scores, thresholds.tag),
         "test": summary(test_labels, test_scores, thresholds.tag),
     }
     calibration: dict = {}
-    record_tuned(calibration, "tag", config.target_fpr, val_labels, split="validation")
-    record_tuned(calibration, "reject", config.reject_fpr, val_labels, split="validation")
+    for which, point in points.items():
+        record_tuned(calibration, which, point, split="validation")
     directory = save_model_directory(
         accelerator,
         model,
@@ -194,7 +194,7 @@ def finish(
     )
     if accelerator.is_main_process:
         print(f"model directory: {directory}")
-        print(f"tag threshold {thresholds.tag:.6f} (validation FPR <= {config.target_fpr})")
+        print("validation split:", points["tag"].statement("tag"))
         print("test split:", json.dumps(rounded(metrics["test"])))
     return directory
 

@@ -9,6 +9,7 @@ explanations.
 
 from __future__ import annotations
 
+import mailbox
 import random
 from email.message import EmailMessage
 from pathlib import Path
@@ -68,6 +69,19 @@ def write_maildirs(root: Path, per_label: int = 40) -> Path:
         for index in range(per_label):
             (folder / f"{index:04d}.eml").write_bytes(make_message(label, index))
     return root
+
+
+def write_maildir(folder: Path, raws: list[bytes]) -> Path:
+    """Half in new/ (just delivered), half in cur/ (seen), as an IMAP server leaves them."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    box = mailbox.Maildir(folder, create=True)
+    for index, raw in enumerate(raws):
+        message = mailbox.MaildirMessage(raw)
+        if index % 2:
+            message.set_subdir("cur")
+            message.set_flags("S")
+        box.add(message)
+    return folder
 
 
 def make_tokenizer(directory: Path) -> BertTokenizerFast:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from spamfilter.configload import ConfigError, field_docs, load, parse_overrides
+from spamfilter.evaluation.operating_point import DEFAULT_CONFIDENCE, confidence_problem
 from spamfilter.model.calibration import DEFAULT_TARGET_FPR
 from spamfilter.model.modeldir import probability_problem
 
@@ -82,6 +83,11 @@ class TrainConfig:
     reject_fpr: float | None = _help(
         "If set, also calibrate a reject threshold for this (lower) false-positive rate.", None
     )
+    confidence: float = _help(
+        "Each threshold is the lowest whose FPR upper bound at this confidence "
+        "(Clopper-Pearson, on the validation ham) is within its target; 0: the observed FPR.",
+        DEFAULT_CONFIDENCE,
+    )
     num_workers: int = _help("DataLoader worker processes.", 0)
 
     def validate(self) -> list[str]:
@@ -105,6 +111,8 @@ class TrainConfig:
             problems.append(problem)
         if self.reject_fpr is not None and not 0 < self.reject_fpr <= self.target_fpr:
             problems.append("reject_fpr must lie in (0, target_fpr]")
+        if problem := confidence_problem("confidence", self.confidence):
+            problems.append(problem)
         return problems
 
 

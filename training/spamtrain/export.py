@@ -11,22 +11,27 @@ from pathlib import Path
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
-from spamfilter.evaluation.metrics import threshold_for_fpr
+from spamfilter.evaluation.operating_point import OperatingPoint, measured_at, operating_point
 from spamfilter.model.modeldir import ModelCard, Thresholds, write_card
 from spamtrain.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def calibrate(labels: list[int], scores: list[float], config: TrainConfig) -> Thresholds:
-    """Tag (and optionally reject) thresholds that meet the target FPRs on these scores."""
-    reject = (
-        threshold_for_fpr(labels, scores, config.reject_fpr)
-        if config.reject_fpr is not None
-        else None
-    )
-    tag = threshold_for_fpr(labels, scores, config.target_fpr)
-    return Thresholds(tag=tag, reject=max(reject, tag) if reject is not None else None)
+def calibrate(
+    labels: list[int], scores: list[float], config: TrainConfig
+) -> tuple[Thresholds, dict[str, OperatingPoint | None]]:
+    """Tag (and optionally reject) thresholds for the target FPRs at ``config.confidence``,
+    and how each was chosen (``spamfilter.model.calibration.record_tuned`` records it)."""
+    confidence = config.confidence
+    tag = operating_point(labels, scores, config.target_fpr, confidence)
+    reject = None
+    if config.reject_fpr is not None:
+        reject = operating_point(labels, scores, config.reject_fpr, confidence)
+        if reject.threshold < tag.threshold:  # reject never acts below tag
+            reject = measured_at(labels, scores, tag.threshold, config.reject_fpr, confidence)
+    thresholds = Thresholds(tag=tag.threshold, reject=reject.threshold if reject else None)
+    return thresholds, {"tag": tag, "reject": reject}
 
 
 def save_model_directory(

@@ -16,7 +16,8 @@
    ``training/train.py``, in this process) and score the replay corpus's validation split
    (the forgetting check).
 5. Carry the out-of-fold scores to the final model's scale, and choose the tag threshold:
-   the lowest whose false-positive rate on the site's ham meets the target. Each model
+   the lowest whose FPR upper bound on the site's ham (at the set confidence,
+   ``spamfilter.evaluation.operating_point``) meets the target. Each model
    saturates at its own ceiling (spam scores crowd into the last 0.001 below it, and the
    ceilings of the fold models and the final one differ by more than that), so a raw
    out-of-fold threshold can lie above every score the final model gives. A fold model's
@@ -51,7 +52,9 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import AutoTokenizer
 
 from spamfilter.evaluation.metrics import summary
-from spamfilter.model.calibration import record_tuned, too_little_ham
+from spamfilter.evaluation.operating_point import OperatingPoint
+from spamfilter.model.calibration import confidence as recorded_confidence
+from spamfilter.model.calibration import record_tuned
 from spamfilter.model.modeldir import ModelCard, Thresholds, model_id, read_card
 from spamfilter.model.onnxmodel import FILES as ONNX_FILES
 from spamtrain import checkpoint, data, sitemail
@@ -172,12 +175,12 @@ def choose_thresholds(
         loader = eval_loader(accelerator, tokenizer, features["validation"], config)
         val_labels, val_scores = predict(accelerator, model, loader)
         scores = held_out.carried(val_scores)
-    thresholds = calibrate(labels, scores, config)
+    thresholds, points = calibrate(labels, scores, config)
     metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
     if "validation" in features:
         metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
-    uncarried = calibrate(labels, held_out.scores, config).tag
-    return thresholds, calibration_record(config, settings, labels, held_out, uncarried), metrics
+    uncarried = calibrate(labels, held_out.scores, config)[0].tag
+    return thresholds, calibration_record(settings, points, held_out, uncarried), metrics
 
 
 # --- checks and settings -----------------------------------------------------------------
@@ -219,6 +222,9 @@ def continued_config(
         target_fpr=settings.target_fpr
         or parent_card.calibration.get("target_fpr")
         or base.target_fpr,
+        confidence=first_set(
+            settings.confidence, recorded_confidence(parent_card), base.confidence
+        ),
         max_train_samples=None,
         max_eval_samples=None,
         eval_steps=0,
@@ -232,6 +238,11 @@ def continued_config(
             "the parent's training settings cannot be continued: " + "; ".join(problems)
         )
     return config
+
+
+def first_set(*values: float | None) -> float | None:
+    """The first value that is not None (0 is a value: confidence 0 asks for no bound)."""
+    return next((value for value in values if value is not None), None)
 
 
 def replay_corpus(parent_card: ModelCard, settings: LearnConfig, site: sitemail.SiteMail) -> Replay:
@@ -388,9 +399,8 @@ def eval_loader(
 
 
 def calibration_record(
-    config: TrainConfig,
     settings: LearnConfig,
-    labels: Sequence[int],
+    points: dict[str, OperatingPoint | None],
     held_out: HeldOut,
     uncarried_tag: float,
 ) -> dict:
@@ -402,12 +412,11 @@ def calibration_record(
         "uncarried_tag": uncarried_tag,  # the tag threshold on the fold models' own scales
         "chosen_at": now(),
     }
-    warning = too_little_ham(list(labels).count(0), config.target_fpr)
-    if warning:
-        facts["warning"] = warning + "; feed more ham"
+    if points["tag"].too_little_ham:
+        facts["warning"] = points["tag"].statement("tag") + "; feed more ham"
     calibration: dict = {}
-    record_tuned(calibration, "tag", config.target_fpr, labels, **facts)
-    record_tuned(calibration, "reject", config.reject_fpr, labels, **facts)
+    for which, point in points.items():
+        record_tuned(calibration, which, point, **facts)
     return calibration
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spamfilter.evaluation.operating_point import confidence_problem
 from spamfilter.model.modeldir import probability_problem
 from spamtrain.config import _help
 
@@ -43,6 +44,12 @@ class LearnConfig:
         "parent model's target.",
         None,
     )
+    confidence: float | None = _help(
+        "The tag threshold is the lowest whose FPR upper bound at this confidence "
+        "(Clopper-Pearson, on the site's ham out of fold) is within the target; 0: the "
+        "observed FPR; default: the parent model's (0.95 if its card records none).",
+        None,
+    )
     seed: int = _help("Seed for the folds, the replay sample, shuffling and dropout.", 42)
 
     def validate(self) -> list[str]:
@@ -56,5 +63,7 @@ class LearnConfig:
         if self.folds < 2:
             problems.append("folds must be at least 2")
         if problem := probability_problem("target_fpr", self.target_fpr):
+            problems.append(problem)
+        if problem := confidence_problem("confidence", self.confidence):
             problems.append(problem)
         return problems

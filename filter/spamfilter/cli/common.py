@@ -10,6 +10,7 @@ only when a command reads labelled mail.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from spamfilter.evaluation.operating_point import confidence_problem
 from spamfilter.model.modeldir import probability_problem
 from spamfilter.model.precision import (
     DEFAULT_DEVICE,
@@ -50,11 +52,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def probability(text: str) -> float:
     """argparse type: a number strictly between 0 and 1 (thresholds, target FPRs)."""
+    return checked_number(text, probability_problem)
+
+
+def confidence_level(text: str) -> float:
+    """argparse type: a confidence level, 0 <= c < 1 (0: no bound)."""
+    return checked_number(text, confidence_problem)
+
+
+def checked_number(text: str, problem_of: Callable[[str, float], str | None]) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if problem := probability_problem("it", value):
+    if problem := problem_of("it", value):
         raise argparse.ArgumentTypeError(problem)
     return value
 

@@ -19,6 +19,7 @@ from spamfilter.cli.common import (
     score_dataset,
 )
 from spamfilter.evaluation.baselines import NAMES as BASELINE_NAMES
+from spamfilter.model.calibration import confidence as calibrated_confidence
 from spamfilter.model.calibration import target_fpr as calibrated_fpr
 
 
@@ -59,6 +60,7 @@ def evaluate(args: argparse.Namespace) -> int:
     labels = np.asarray(dataset["label"])
     model = Scored(classifier.model_id, labels, scores, thresholds.tag, 0.5, seconds)
     target_fpr = calibrated_fpr(classifier.card)
+    confidence = calibrated_confidence(classifier.card) or 0.0  # older cards: observed rate
     baselines, skipped = [], {}
     if args.baseline:
         from spamfilter.evaluation.baselines.compare import run_baselines
@@ -66,7 +68,9 @@ def evaluate(args: argparse.Namespace) -> int:
         # The peers train and score for minutes: say what they are doing.
         logging.basicConfig(level=logging.INFO, format="spamfilter: %(message)s")
         train, validation = loaded["train"], loaded["validation"]
-        baselines, skipped = run_baselines(args.baseline, train, validation, dataset, target_fpr)
+        baselines, skipped = run_baselines(
+            args.baseline, train, validation, dataset, target_fpr, confidence
+        )
     context = {
         "model": classifier.model_id,
         "model_dir": str(args.model),
@@ -75,6 +79,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "scheme": args.scheme,
         "precision": classifier.precision,
         "comparison_target_fpr": target_fpr,
+        "comparison_confidence": confidence,
         "sample": f"{args.limit} messages per evaluated split, seed 0" if args.limit else None,
         "skipped": skipped,
         "evaluated_at": now(),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from spamfilter import configload
 from spamfilter.cli.common import RELOAD_HINT, CLIError, HelpFormatter
+from spamfilter.model.calibration import statements
 from spamfilter.model.modeldir import model_id
 from spamtrain.learnconfig import LearnConfig
 
@@ -121,6 +122,8 @@ def print_learned(learned: Learned) -> None:
         f"{calibration['n_ham']} ham), recall {oof['recall']:.2%} ({oof['tp']} of "
         f"{calibration['n_spam']} spam)"
     )
+    for said in statements(card):
+        print(said)
     if "warning" in calibration:
         print(f"warning: {calibration['warning']}", file=sys.stderr)
     if "validation" in card.metrics:

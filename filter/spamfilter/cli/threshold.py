@@ -15,18 +15,24 @@ from spamfilter.cli.common import (
     add_data_arguments,
     add_model_arguments,
     add_precision_argument,
+    confidence_level,
     load_data,
     now,
     probability,
     score_dataset,
+)
+from spamfilter.evaluation.operating_point import (
+    DEFAULT_CONFIDENCE,
+    OperatingPoint,
+    operating_point,
 )
 from spamfilter.model.calibration import (
     DEFAULT_TARGET_FPR,
     THRESHOLD_NAMES,
     record_set_by_hand,
     record_tuned,
+    statements,
     thresholds_to_change,
-    too_little_ham,
 )
 from spamfilter.model.modeldir import CARD_FILE, Thresholds, read_card, write_card
 from spamfilter.model.precision import SHARES_FP32_THRESHOLDS, resolve
@@ -69,7 +75,14 @@ def add_threshold_parser(commands) -> None:
         "--target-fpr",
         type=probability,
         default=DEFAULT_TARGET_FPR,
-        help="highest share of ham allowed at or above the threshold",
+        help="false-positive rate the threshold must keep within (its bound at --confidence)",
+    )
+    tune.add_argument(
+        "--confidence",
+        type=confidence_level,
+        default=DEFAULT_CONFIDENCE,
+        help="choose the lowest threshold whose FPR upper bound (Clopper-Pearson, one-sided) "
+        "at this confidence is within the target; 0: the FPR observed on the ham alone",
     )
     tune.add_argument("--which", choices=THRESHOLD_NAMES, default="tag", help="which threshold")
     tune.add_argument("--dry-run", action="store_true", help=f"print only; leave {CARD_FILE} as is")
@@ -84,11 +97,13 @@ def show_thresholds(args: argparse.Namespace) -> int:
             precision: named(thresholds)
             for precision, thresholds in card.precision_thresholds.items()
         }
+    if said := statements(card):
+        shown["operating_points"] = said
     shown |= {
         "calibration": card.calibration or "not recorded",
         "metrics": card.metrics or "not recorded",
     }
-    print(yaml.safe_dump(shown, sort_keys=False).rstrip())
+    print(yaml.safe_dump(shown, sort_keys=False, width=1000).rstrip())  # one line a statement
     return 0
 
 
@@ -112,25 +127,22 @@ def set_threshold(args: argparse.Namespace) -> int:
 
 
 def tune_threshold(args: argparse.Namespace) -> int:
-    from spamfilter.evaluation.metrics import threshold_for_fpr
-
     classifier, _, labels, scores = score_labelled(args)
     try:
-        value = threshold_for_fpr(labels, scores, args.target_fpr)
+        point = operating_point(labels, scores, args.target_fpr, args.confidence)
     except ValueError as error:
         raise CLIError(f"{args.data} ({args.split} split): {error}") from None
-    print_tuning(args, labels, scores, value)
+    print_tuning(args, labels, scores, point)
     if args.dry_run:
         print(f"dry run: {CARD_FILE} unchanged")
         return 0
     card = read_card(args.model)  # afresh: it may have changed while we were scoring
     thresholds, calibration = thresholds_to_change(card, classifier.precision)
-    setattr(thresholds, args.which, value)
+    setattr(thresholds, args.which, point.threshold)
     record_tuned(
         calibration,
         args.which,
-        args.target_fpr,
-        labels.tolist(),
+        point,
         split=args.split,
         scheme=args.scheme,
         source=args.data,
@@ -143,22 +155,19 @@ def tune_threshold(args: argparse.Namespace) -> int:
 
 
 def print_tuning(
-    args: argparse.Namespace, labels: np.ndarray, scores: np.ndarray, value: float
+    args: argparse.Namespace, labels: np.ndarray, scores: np.ndarray, point: OperatingPoint
 ) -> None:
     """The sweep table around the chosen threshold, then what it means in messages."""
     from spamfilter.evaluation.metrics import at_threshold, sweep
     from spamfilter.evaluation.report import SWEEP_COLUMNS, markdown_table
 
-    chosen = {**at_threshold(labels, scores, value), "chosen": "<-"}
+    chosen = {**at_threshold(labels, scores, point.threshold), "chosen": "<-"}
     rows = rows_around(sweep(labels, scores, points=50), chosen)
     print(markdown_table(rows, (*SWEEP_COLUMNS, "chosen")))
-    n_ham, n_spam = chosen["fp"] + chosen["tn"], chosen["tp"] + chosen["fn"]
     print(
-        f"\n{args.which} threshold {value:.6g}: FPR {chosen['fpr']:.4%} ({chosen['fp']} of "
-        f"{n_ham} ham), recall {chosen['recall']:.2%} ({chosen['tp']} of {n_spam} spam)"
+        f"\n{point.statement(args.which)}\nrecall {chosen['recall']:.2%} ({chosen['tp']} of "
+        f"{point.n_spam} spam)"
     )
-    if note := too_little_ham(n_ham, args.target_fpr):
-        print(f"note: {note}")
 
 
 def rows_around(rows: list[dict], chosen: dict, each_side: int = 4) -> list[dict]:

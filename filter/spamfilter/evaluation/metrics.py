@@ -1,7 +1,8 @@
 """Spam-filter metrics from labels (1 = spam) and scores (P(spam)).
 
-Shared by training (validation metrics, threshold calibration), ``spamfilter threshold
-tune`` and ``spamfilter eval``, so every figure in the project means the same thing.
+Shared by training (validation metrics), ``spamfilter threshold tune`` and ``spamfilter
+eval``, so every figure in the project means the same thing; thresholds for new mail come
+from ``operating_point``.
 A false positive is ham scored at or above the threshold: the error that loses a user's
 mail, so thresholds are chosen for a target false-positive rate.
 """
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from spamfilter.evaluation.operating_point import operating_point
 
 REPORTED_FPRS = (0.001, 0.005, 0.01)
 
@@ -46,24 +49,12 @@ def at_threshold(labels: Sequence[int], scores: Sequence[float], threshold: floa
 
 
 def threshold_for_fpr(labels: Sequence[int], scores: Sequence[float], target_fpr: float) -> float:
-    """A threshold whose false-positive rate on this data is at most ``target_fpr``.
+    """The lowest threshold whose false-positive rate on this data is at most ``target_fpr``.
 
-    It lies halfway between the highest ham score that must stay below it and the next
-    higher score, so recall is as high as the target allows and a score that moves by a
-    rounding error (another batch's padding, another backend) does not cross it. With
-    ``n`` ham messages an FPR below ``1/n`` means no false positive at all.
+    The observed rate, no confidence bound: how ``recall_at_fpr`` measures evaluation data.
+    An operating point for new mail comes from ``operating_point`` with a confidence.
     """
-    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    ham = np.sort(s[y == 0])[::-1]
-    if len(ham) == 0:
-        raise ValueError("cannot choose a threshold for a false-positive rate without ham")
-    allowed = int(np.floor(target_fpr * len(ham)))  # ham messages allowed at/above threshold
-    if allowed >= len(ham):
-        return float(np.nextafter(0.0, 1.0))
-    boundary = ham[allowed]  # the highest ham score that must stay below the threshold
-    above = s[s > boundary]
-    threshold = (boundary + above.min()) / 2 if above.size else np.nextafter(boundary, 1.0)
-    return float(min(max(threshold, np.nextafter(0.0, 1.0)), np.nextafter(1.0, 0.0)))
+    return operating_point(labels, scores, target_fpr, confidence=0).threshold
 
 
 def recall_at_fpr(labels: Sequence[int], scores: Sequence[float], target_fpr: float) -> float:

@@ -270,7 +270,8 @@ THRESHOLD_COLUMNS = ("precision", "recall", "f1", "fpr", "fp", "fn")
 
 COMPARED_NOTE = (
     "Threshold-free figures first; then each filter at a threshold chosen the same way for "
-    "all: on the validation split, at the model's target false-positive rate ({target}) "
+    "all: on the validation split, at the model's target false-positive rate ({target}, "
+    "confidence {confidence}: 0 is the observed rate) "
     "(the model: its tag threshold, chosen so by training). msgs/s: scoring only, this "
     "machine. Rows marked *model text* read exactly what the model reads "
     "(`email_to_text`): the like-for-like comparison. Rows marked *raw message* also read "
@@ -296,7 +297,10 @@ def render_markdown(metrics: Mapping[str, Any]) -> str:
         f"`{metrics.get('source', '?')}`, split `{metrics.get('split', '?')}` "
         f"(scheme `{metrics.get('scheme', '?')}`). All figures: [metrics.json](metrics.json).",
         "## Filters compared",
-        COMPARED_NOTE.format(target=metrics.get("comparison_target_fpr", "?")),
+        COMPARED_NOTE.format(
+            target=metrics.get("comparison_target_fpr", "?"),
+            confidence=metrics.get("comparison_confidence", 0),
+        ),
         markdown_table(metrics["filters"], list(metrics["filters"][0])),
         *compared_notes(metrics),
         "### At each filter's own default cut-off",

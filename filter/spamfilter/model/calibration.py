@@ -7,16 +7,19 @@ already hold: ``target_fpr`` / ``reject_fpr`` / ``quarantine_fpr`` (the false-po
 rate each threshold was tuned for), where the labelled mail came from (``split``,
 ``scheme``, ``source``, ``n_ham``, ``n_spam``, ...), ``<threshold>_set_by_hand_at`` for a
 threshold set by hand, and under ``precisions`` one such mapping for each scoring
-precision that has thresholds of its own.
+precision that has thresholds of its own. Under the threshold's own name (``tag``, ...)
+is how it was chosen (``spamfilter.evaluation.operating_point``): ``method``
+(``clopper-pearson`` or ``observed``), ``confidence``, ``n_ham``, ``n_spam``,
+``false_positives`` at the threshold, ``fpr_upper_bound``, ``bound_met`` and
+``ham_needed``. Cards written before these records read as before, without them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
 from typing import Any
 
+from spamfilter.evaluation.operating_point import OperatingPoint
 from spamfilter.model.modeldir import ModelCard, Thresholds
 from spamfilter.model.precision import SHARES_FP32_THRESHOLDS
 
@@ -45,29 +48,35 @@ def thresholds_to_change(card: ModelCard, precision: str) -> tuple[Thresholds, C
 
 
 def record_tuned(
-    calibration: Calibration,
-    which: str,
-    target_fpr: float | None,
-    labels: Sequence[int],
-    **facts: Any,
+    calibration: Calibration, which: str, point: OperatingPoint | None, **facts: Any
 ) -> None:
-    """Record that threshold ``which`` was tuned for ``target_fpr`` on mail with ``labels``.
+    """Record how threshold ``which`` was chosen (``point``; None: it was not tuned).
 
-    ``facts`` say where that mail came from (``split``, ``source``, ...).
+    ``facts`` say where the labelled mail came from (``split``, ``source``, ...).
     """
-    labels = list(labels)
     calibration.pop(f"{which}_set_by_hand_at", None)
-    calibration |= {
-        FPR_KEYS[which]: target_fpr,
-        **facts,
-        "n_ham": labels.count(0),
-        "n_spam": labels.count(1),
+    calibration.pop(which, None)
+    calibration[FPR_KEYS[which]] = point.target_fpr if point else None
+    calibration |= facts
+    if point is None:
+        return
+    calibration |= {"n_ham": point.n_ham, "n_spam": point.n_spam}
+    calibration[which] = {
+        "method": point.method,
+        "confidence": point.confidence,
+        "n_ham": point.n_ham,
+        "n_spam": point.n_spam,
+        "false_positives": point.false_positives,
+        "fpr_upper_bound": point.fpr_upper_bound,
+        "bound_met": point.bound_met,
+        "ham_needed": point.ham_needed,
     }
 
 
 def record_set_by_hand(calibration: Calibration, which: str, at: str) -> None:
     """Record that threshold ``which`` was set by hand at ``at`` (an ISO time), not tuned."""
     calibration.pop(FPR_KEYS[which], None)  # no longer how this threshold was chosen
+    calibration.pop(which, None)
     calibration[f"{which}_set_by_hand_at"] = at
 
 
@@ -76,16 +85,41 @@ def target_fpr(card: ModelCard) -> float:
     return card.calibration.get("target_fpr") or DEFAULT_TARGET_FPR
 
 
-def too_little_ham(n_ham: int, target_fpr: float) -> str | None:
-    """Why ``n_ham`` ham cannot measure ``target_fpr``, or None when they can.
+def confidence(card: ModelCard) -> float | None:
+    """The confidence the card's tag threshold was chosen at (None: not recorded)."""
+    return card.calibration.get("tag", {}).get("confidence")
 
-    With ``n`` ham an FPR below ``1/n`` means no false positive at all on them; the
-    share of new ham above the highest of ``n`` is then about ``1/(n + 1)``.
-    """
-    if target_fpr * n_ham >= 1:
+
+def recorded_point(calibration: Calibration, which: str, threshold: float) -> OperatingPoint | None:
+    """How ``threshold`` (threshold ``which``) was chosen, as recorded; None if it was not."""
+    record = calibration.get(which)
+    if record is None or threshold is None:
         return None
-    return (
-        f"{n_ham} ham cannot measure an FPR of {target_fpr:g} (that takes "
-        f"{math.ceil(1 / target_fpr):,}): the threshold lets none of them through, and new "
-        f"ham may be tagged at a rate near 1/{n_ham + 1} ({1 / (n_ham + 1):.1%})"
+    return OperatingPoint(
+        threshold=threshold,
+        target_fpr=calibration[FPR_KEYS[which]],
+        n_ham=record["n_ham"],
+        n_spam=record["n_spam"],
+        false_positives=record["false_positives"],
+        observed_fpr=record["false_positives"] / record["n_ham"],
+        fpr_upper_bound=record["fpr_upper_bound"],
+        confidence=record["confidence"],
+        bound_met=record["bound_met"],
     )
+
+
+def statements(card: ModelCard) -> list[str]:
+    """What each recorded threshold promises, in words (scoring precisions of their own
+    named first)."""
+    said = []
+    by_precision = card.calibration.get("precisions", {})
+    sets = [("", card.thresholds, card.calibration)] + [
+        (f"{precision} scores: ", thresholds, by_precision.get(precision, {}))
+        for precision, thresholds in card.precision_thresholds.items()
+    ]
+    for prefix, thresholds, calibration in sets:
+        for which in THRESHOLD_NAMES:
+            point = recorded_point(calibration, which, getattr(thresholds, which))
+            if point is not None:
+                said.append(prefix + point.statement(which))
+    return said
