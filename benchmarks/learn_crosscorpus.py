@@ -32,12 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
-from spamfilter.evaluation.metrics import summary
 from spamfilter.model.modeldir import model_id, read_card
-from spamrig.crosscorpus import cached_scores, read_crosscorpus, read_spamassassin
+from spamrig.crosscorpus import (
+    add_result_arguments,
+    cached_scores,
+    headline,
+    read_crosscorpus,
+    read_spamassassin,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-FPRS = (0.001, 0.01)
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,9 +56,7 @@ def parse_args() -> argparse.Namespace:
         default=[],
         help="passed to spamfilter learn, e.g. --learn-arg=--epochs=5 (repeatable)",
     )
-    parser.add_argument("--work", type=Path, default=ROOT / "results/learn_crosscorpus")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/bench/learn_crosscorpus.json")
-    parser.add_argument("--table", type=Path, default=ROOT / "docs/bench/learn_crosscorpus.md")
+    add_result_arguments(parser, ROOT, "learn_crosscorpus")
     return parser.parse_args()
 
 
@@ -167,15 +169,7 @@ def figures(keys: list[str], messages: dict, before: dict, after: dict, parent: 
         ("after", after, card.thresholds.tag),
     ):
         values = np.array([scores[key] for key in keys])
-        measured = summary(labels, values, tag)
-        result[name] = {
-            "roc_auc": measured["roc_auc"],
-            **{f"recall_at_fpr_{fpr:g}": measured[f"recall_at_fpr_{fpr:g}"] for fpr in FPRS},
-            "threshold": tag,
-            "recall": measured["recall"],
-            "fpr": measured["fpr"],
-            "fp": measured["fp"],
-        }
+        result[name] = {**headline(labels, values, tag), "threshold": tag}
     return result
 
 

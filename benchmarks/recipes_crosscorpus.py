@@ -31,9 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from spamfilter.evaluation.metrics import summary
 from spamfilter.model.modeldir import model_id, read_card
-from spamrig.crosscorpus import PHISHING, TREC, cached_scores, read_crosscorpus, read_spamassassin
+from spamrig.crosscorpus import (
+    PHISHING,
+    TREC,
+    add_result_arguments,
+    cached_scores,
+    headline,
+    read_crosscorpus,
+    read_spamassassin,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE_CONFIG = ROOT / "configs/accelerate/cpu.yaml"
@@ -48,9 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--model", action="append", default=[], help="NAME=model directory (repeatable)"
     )
-    parser.add_argument("--work", type=Path, default=ROOT / "results/recipes")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/bench/recipes_crosscorpus.json")
-    parser.add_argument("--table", type=Path, default=ROOT / "docs/bench/recipes_crosscorpus.md")
+    add_result_arguments(parser, ROOT, "recipes_crosscorpus")
     return parser.parse_args()
 
 
@@ -134,12 +139,10 @@ def wall_seconds(work: Path) -> float | None:
 
 def figures(keys: list[str], messages: dict, scores: dict, tag: float) -> dict:
     labels = np.array([messages[key][0] for key in keys])
-    measured = summary(labels, np.array([scores[key] for key in keys]), tag)
-    names = ("roc_auc", "recall_at_fpr_0.001", "recall_at_fpr_0.01", "recall", "fpr", "fp")
     return {
         "n_ham": int((labels == 0).sum()),
         "n_spam": int((labels == 1).sum()),
-        **{name: measured[name] for name in names},
+        **headline(labels, np.array([scores[key] for key in keys]), tag),
     }
 
 

@@ -9,10 +9,13 @@ command line.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 Messages = dict[str, tuple[int, bytes]]
 
@@ -68,3 +71,22 @@ def cached_scores(
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(result))
     return result
+
+
+HEADLINE = ("roc_auc", "recall_at_fpr_0.001", "recall_at_fpr_0.01", "recall", "fpr", "fp")
+
+
+def headline(labels: np.ndarray, scores: np.ndarray, tag: float) -> dict[str, float]:
+    """The figures these benchmarks report: ROC-AUC, recall at FPR <= 0.1 % and 1 %, and
+    recall, FPR and false positives at the tag threshold."""
+    from spamfilter.evaluation.metrics import summary
+
+    measured = summary(labels, scores, tag)
+    return {name: measured[name] for name in HEADLINE}
+
+
+def add_result_arguments(parser: argparse.ArgumentParser, root: Path, name: str) -> None:
+    """``--work`` (models and cached scores), ``--out`` (JSON) and ``--table`` (markdown)."""
+    parser.add_argument("--work", type=Path, default=root / "results" / name)
+    parser.add_argument("--out", type=Path, default=root / f"docs/bench/{name}.json")
+    parser.add_argument("--table", type=Path, default=root / f"docs/bench/{name}.md")

@@ -52,7 +52,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import AutoTokenizer
 
 from spamfilter.evaluation.metrics import summary
-from spamfilter.evaluation.operating_point import OperatingPoint
+from spamfilter.evaluation.operating_point import OperatingPoint, operating_point
 from spamfilter.model.calibration import confidence as recorded_confidence
 from spamfilter.model.calibration import record_tuned
 from spamfilter.model.modeldir import ModelCard, Thresholds, model_id, read_card
@@ -179,7 +179,9 @@ def choose_thresholds(
     metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
     if "validation" in features:
         metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
-    uncarried = calibrate(labels, held_out.scores, config)[0].tag
+    uncarried = operating_point(
+        labels, held_out.scores, config.target_fpr, config.confidence
+    ).threshold
     return thresholds, calibration_record(settings, points, held_out, uncarried), metrics
 
 
