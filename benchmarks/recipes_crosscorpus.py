@@ -8,13 +8,17 @@
 
 Each ``--recipe NAME=ARGS`` trains a model with ``accelerate launch training/train.py
 ARGS`` (the CPU accelerate config, one process; timed) into ``--work``/NAME; each
-``--model NAME=DIR`` takes a model directory as it is. Every model then scores the
-SpamAssassin validation and test splits and all of crosscorpus-dev with ``onnx-fp32``
-(cached: a rerun scores only what is new), and is judged at the tag threshold it ships
-with: ROC-AUC, spam recall at FPR <= 0.1 % and 1 %, recall and FPR at the tag threshold,
-on the SpamAssassin test split and on crosscorpus-dev beside it (with its TREC 2007 and
-phishing parts apart). Rows accumulate in ``--out``; ``--table`` is rewritten from them.
-The data set lives outside the project: no test depends on it.
+``--model NAME=DIR`` takes a model directory as it is; each ``--ensemble NAME=A,B`` averages
+the scores of models already scored into ``--work`` (a recipe or model of this run or an
+earlier one) and chooses its tag threshold on their averaged SpamAssassin validation scores
+by the rule training uses (``operating_point``, the first member's target and confidence).
+Every model then scores the SpamAssassin validation and test splits and all of
+crosscorpus-dev with ``onnx-fp32`` (cached: a rerun scores only what is new), and is
+judged at the tag threshold it ships with: ROC-AUC, spam recall at FPR <= 0.1 % and 1 %,
+recall and FPR at the tag threshold, on the SpamAssassin test split and on crosscorpus-dev
+beside it (with its TREC 2007 and phishing parts apart). Rows accumulate in ``--out``;
+``--table`` is rewritten from them. The data set lives outside the project: no test
+depends on it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spamfilter.evaluation.operating_point import DEFAULT_CONFIDENCE, operating_point
+from spamfilter.model.calibration import confidence as recorded_confidence
 from spamfilter.model.modeldir import model_id, read_card
 from spamrig.crosscorpus import (
     PHISHING,
@@ -54,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--model", action="append", default=[], help="NAME=model directory (repeatable)"
+    )
+    parser.add_argument(
+        "--ensemble", action="append", default=[], help="NAME=A,B: mean of scored models"
     )
     add_result_arguments(parser, ROOT, "recipes_crosscorpus")
     return parser.parse_args()
@@ -93,6 +102,28 @@ def main() -> None:
             },
         }
         print(name, json.dumps(results["recipes"][name]["sets"]["crosscorpus_dev"]))
+    for spec in args.ensemble:
+        name, members = named(spec)
+        members = members.split(",")
+        scores = mean_scores([args.work / member / "scores.json" for member in members])
+        first = read_card(Path(results["recipes"][members[0]]["model_dir"]))
+        validation = list(spamassassin["validation"])
+        confidence = recorded_confidence(first)
+        tag = operating_point(
+            [messages[key][0] for key in validation],
+            [scores[key] for key in validation],
+            first.calibration["target_fpr"],
+            DEFAULT_CONFIDENCE if confidence is None else confidence,
+        ).threshold
+        results["recipes"][name] = {
+            "members": members,
+            "train_seconds": sum(results["recipes"][m]["train_seconds"] or 0 for m in members),
+            "tag": tag,
+            "sets": {
+                set_name: figures(keys, messages, scores, tag) for set_name, keys in sets.items()
+            },
+        }
+        print(name, json.dumps(results["recipes"][name]["sets"]["crosscorpus_dev"]))
     results |= {
         "data": str(args.data),
         "precision": "onnx-fp32",
@@ -129,6 +160,12 @@ def train(work: Path, arguments: str) -> Path:
     seconds = round(time.perf_counter() - started, 1)
     record.write_text(json.dumps({"seconds": seconds, "command": command}) + "\n")
     return directory
+
+
+def mean_scores(caches: list[Path]) -> dict[str, float]:
+    """The mean P(spam) of each message over the members' cached scores."""
+    members = [json.loads(cache.read_text()) for cache in caches]
+    return {key: float(np.mean([scores[key] for scores in members])) for key in members[0]}
 
 
 def wall_seconds(work: Path) -> float | None:
