@@ -9,7 +9,6 @@ launched once per module and shared by the tests that read it.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,14 +29,12 @@ from safetensors.torch import load_file
 from spamfilter.evaluation.metrics import summary
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.modeldir import read_card
-from spamrig import LOCALHOST, ROOT
-from spamrig.launch import launch, small_run
+from spamrig import ROOT
+from spamrig.launch import DEEPSPEED_CPU_ENV, free_port, launch, small_run
 from spamtrain import data
 
 ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 DEEPSPEED_CONFIGS = sorted((ROOT / "configs" / "deepspeed").glob("*.json"))
-# DeepSpeed on this CPU: its CPU accelerator, no prebuilt ops (DESIGN §7).
-DEEPSPEED_CPU_ENV = {"DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
 TRAIN_STEPS = ("--max_steps", "6", "--checkpointing_steps", "3")
 
 
@@ -140,12 +137,6 @@ def test_xla_batches_are_padded_to_max_length(tiny_base_model, synthetic_corpus)
 # --- DeepSpeed on 2 CPU ranks against DDP ------------------------------------------------------
 
 
-def _free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind((LOCALHOST, 0))
-        return str(probe.getsockname()[1])
-
-
 def _train(
     config: str,
     output: Path,
@@ -161,7 +152,7 @@ def _train(
         launch(
             config,
             *small_run(model, corpus, output, *TRAIN_STEPS, *extra),
-            extra_launch=("--main_process_port", _free_port(), *launch_args),
+            extra_launch=("--main_process_port", free_port(), *launch_args),
         )
     return output
 
@@ -303,7 +294,7 @@ def test_gpu_zero3_bf16_tracks_ddp_and_its_directory_serves(
         launch(
             config,
             *small_run(tiny_base_model, synthetic_corpus, outputs[name], *TRAIN_STEPS),
-            extra_launch=(*on_gpus, "--main_process_port", _free_port()),
+            extra_launch=(*on_gpus, "--main_process_port", free_port()),
         )
     for ours, theirs in zip(_log(outputs["zero3"]), _log(outputs["ddp"]), strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=2e-2), ours["step"]  # bf16

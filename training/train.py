@@ -8,19 +8,25 @@ One script for every set-up; the accelerate config picks the hardware:
     accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml training/train.py \\
         --model_name_or_path bert-base-uncased --data mail/ --max_length 256
     accelerate launch training/train.py --resume_from_checkpoint runs/x/checkpoints/latest
+    accelerate launch --config_file configs/accelerate/cpu.yaml training/train.py \\
+        --config configs/train/student.yaml             # 3 of runs/default's 6 layers, distilled
 
 The run, top to bottom: read settings; set up accelerate; load the encoder and its
-tokenizer; load, deduplicate and split the mail and read it with ``email_to_text``;
-train with AdamW + linear warm-up/decay, evaluating and checkpointing as configured;
+tokenizer (for a smaller student, keep ``student_layers`` of its layers, and load the
+``teacher`` model directory it learns from: ``spamtrain.distill``); load, deduplicate and
+split the mail and read it with ``email_to_text``; train with AdamW + linear
+warm-up/decay, evaluating and checkpointing as configured;
 then choose the tag threshold on validation for the target false-positive rate, score
 the test split, and write weights + tokenizer + ``spamfilter.json`` to ``output_dir``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -35,7 +41,7 @@ from accelerate.utils import (
 
 from spamfilter.evaluation.metrics import summary
 from spamfilter.model.calibration import record_tuned
-from spamtrain import checkpoint, data
+from spamtrain import checkpoint, data, distill
 from spamtrain.config import TrainConfig, parse_args
 from spamtrain.export import calibrate, save_model_directory
 from spamtrain.features import loaders, tokenize
@@ -57,6 +63,8 @@ def main(argv: list[str] | None = None) -> Path:
     config = parse_args(argv)
     accelerator = setup_accelerator(config)
     tokenizer, model = setup_model(config)
+    student = setup_student(config, model)
+    teacher = setup_teacher(config, tokenizer, accelerator)
     splits, data_fingerprint = setup_data(config, accelerator)
     with accelerator.main_process_first():
         features = tokenize(splits, tokenizer, config)
@@ -74,12 +82,12 @@ def main(argv: list[str] | None = None) -> Path:
     progress = resume(config, accelerator)
     throughput = train(
         config, accelerator, model, optimizer, scheduler, train_loader, validation_loader,
-        plan, progress,
+        plan, progress, teacher=teacher,
     )  # fmt: skip
-    directory = finish(
-        config, accelerator, model, tokenizer, validation_loader, test_loader,
-        {"data_fingerprint": data_fingerprint, **throughput},
-    )  # fmt: skip
+    facts = {"data_fingerprint": data_fingerprint, **student, **throughput}
+    if teacher is not None:
+        facts["teacher"] = teacher.model_id
+    directory = finish(config, accelerator, model, tokenizer, validation_loader, test_loader, facts)
     accelerator.end_training()
     return directory
 
@@ -136,6 +144,68 @@ def no_accelerator() -> bool:
     return not (
         torch.cuda.is_available() or is_torch_xla_available() or torch.backends.mps.is_available()
     )
+
+
+def setup_student(config: TrainConfig, model) -> dict:
+    """Keep ``student_layers`` of the encoder's layers (``distill.keep_layers``); returns
+    what the card records of it, so that a student can be told from its card."""
+    facts: dict = {}
+    if config.student_layers is not None:
+        total = model.config.num_hidden_layers
+        try:
+            kept = distill.keep_layers(model, config.student_layers)
+        except distill.DistillError as error:
+            raise SystemExit(f"{config.model_name_or_path}: {error}") from None
+        facts["student_layers"] = config.student_layers
+        facts["student_kept_layers"] = {"of": total, "kept": kept}
+        logger.info("student: layers %s of %d kept", kept, total, main_process_only=True)
+    return facts
+
+
+def setup_teacher(
+    config: TrainConfig, tokenizer, accelerator: Accelerator
+) -> distill.Teacher | None:
+    """The frozen teacher on this process's device, or None. Not passed to ``prepare``:
+    it holds no optimizer state and is in no checkpoint; each process runs its own."""
+    if config.teacher is None:
+        return None
+    try:
+        with whole_models(accelerator):
+            teacher = distill.load_teacher(
+                config, tokenizer, accelerator.device, autocast=accelerator.autocast
+            )
+    except distill.DistillError as error:
+        raise SystemExit(str(error)) from None
+    logger.info(
+        "teacher %s: distill weight %s at temperature %s",
+        teacher.model_id,
+        teacher.weight,
+        teacher.temperature,
+        main_process_only=True,
+    )
+    return teacher
+
+
+@contextlib.contextmanager
+def whole_models(accelerator: Accelerator) -> Iterator[None]:
+    """Models loaded here are not partitioned by ZeRO-3.
+
+    Under a ZeRO-3 config transformers loads every model inside ``zero.Init``, partitioned
+    across the ranks, which only a DeepSpeed engine can run. (accelerate 1.16's
+    ``zero3_init_context_manager(enable=False)`` does not stop it: it re-registers the
+    same config.) So the config is unregistered meanwhile, and registered again after.
+    """
+    plugin = accelerator.deepspeed_plugin
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def setup_data(config: TrainConfig, accelerator: Accelerator):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from spamrig import ROOT
+from spamrig import LOCALHOST, ROOT
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+# DeepSpeed on this CPU: its CPU accelerator, no prebuilt ops (DESIGN §7).
+DEEPSPEED_CPU_ENV = {"DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0"}
 
 
 def launch(
@@ -37,3 +40,11 @@ def small_run(model: Path, corpus: Path, output: Path, *extra: str) -> list[str]
         "--max_length", "64", "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "16", "--learning_rate", "3e-3", *extra,
     ]  # fmt: skip
+
+
+def free_port() -> str:
+    """A free loopback port for a multi-process run's rendezvous (``--main_process_port``),
+    so that it does not meet another run on this machine at the default port."""
+    with socket.socket() as probe:
+        probe.bind((LOCALHOST, 0))
+        return str(probe.getsockname()[1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from spamfilter.configload import ConfigError, field_docs, load, parse_overrides
@@ -45,6 +46,27 @@ class TrainConfig:
         "hash",
     )
     output_dir: str = _help("Where the model directory and checkpoints go.", "runs/spamfilter")
+    # A smaller, distilled student (training/spamtrain/distill.py)
+    student_layers: int | None = _help(
+        "Keep this many of the starting encoder's layers before training, spread evenly "
+        "and always the top one (3 of 6: layers 1, 3, 5 counted from 0); unset: all.",
+        None,
+    )
+    teacher: str | None = _help(
+        "A model directory this project wrote (e.g. runs/default) whose scores the model "
+        "also learns from (distillation); it must read the same tokens as the student.",
+        None,
+    )
+    distill_weight: float = _help(
+        "With a teacher: loss = (1 - w) x cross-entropy on the labels + w x T^2 x "
+        "KL(teacher || student) at temperature T; w in [0, 1].",
+        0.5,
+    )
+    distill_temperature: float = _help(
+        "With a teacher: the softmax temperature T of both models' logits in the "
+        "distillation term (above 1 softens them).",
+        2.0,
+    )
     # How to read it
     max_length: int = _help("Tokens per message (head of the text, see tail_tokens).", 128)
     tail_tokens: int = _help("Of max_length, tokens kept from the end of long mail.", 0)
@@ -105,6 +127,16 @@ class TrainConfig:
             problems.append("learning_rate must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             problems.append("label_smoothing must lie in [0, 0.5)")
+        if self.student_layers is not None and self.student_layers < 1:
+            problems.append("student_layers must be at least 1 (unset it to keep every layer)")
+        if self.teacher is not None and not self.teacher.strip():
+            problems.append("teacher must name a model directory")
+        elif self.teacher is not None and same_path(self.teacher, self.output_dir):
+            problems.append("teacher must not be output_dir (training would overwrite it)")
+        if not 0 <= self.distill_weight <= 1:
+            problems.append(f"distill_weight must lie in [0, 1], not {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            problems.append(f"distill_temperature must be positive, not {self.distill_temperature}")
         if self.num_train_epochs < 1 and self.max_steps <= 0:
             problems.append("num_train_epochs must be at least 1 unless max_steps is set")
         if problem := probability_problem("target_fpr", self.target_fpr):
@@ -114,6 +146,10 @@ class TrainConfig:
         if problem := confidence_problem("confidence", self.confidence):
             problems.append(problem)
         return problems
+
+
+def same_path(first: str, second: str) -> bool:
+    return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

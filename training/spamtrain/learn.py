@@ -233,6 +233,10 @@ def continued_config(
         checkpointing_steps=0,
         resume_from_checkpoint=None,
         report_to="none",
+        # A distilled student continues alone: its layers are already cut, and the site's
+        # labels, not its teacher's scores, are what it learns here.
+        teacher=None,
+        student_layers=None,
     )
     problems = config.validate()
     if problems:

@@ -28,6 +28,7 @@ from spamfilter.evaluation.metrics import summary
 from spamfilter.model.modeldir import LABELS, SPAM_LABEL
 from spamtrain import checkpoint
 from spamtrain.config import PACKAGED_MODEL, TrainConfig
+from spamtrain.distill import Teacher
 
 logger = get_logger("spamtrain")
 
@@ -154,12 +155,14 @@ def train(
     plan: dict,
     progress: checkpoint.Progress,
     save_checkpoints: bool = True,
+    teacher: Teacher | None = None,
 ) -> dict:
     """The loop. Returns throughput figures (training time only, evaluation excluded).
 
     Without a ``validation_loader`` nothing is evaluated; with ``save_checkpoints`` off no
     resumable checkpoint is written (``spamfilter learn``: short runs that start over from
-    the parent model directory rather than resume).
+    the parent model directory rather than resume). With a ``teacher`` the loss is the
+    distillation loss (``spamtrain.distill``).
     """
     log_path = Path(config.output_dir) / "train_log.jsonl"
     if accelerator.is_main_process:
@@ -186,7 +189,7 @@ def train(
         started = time.perf_counter()
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = training_loss(model, batch, config.label_smoothing)
+                loss = training_loss(model, batch, config.label_smoothing, teacher)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -245,12 +248,17 @@ def train(
     return throughput
 
 
-def training_loss(model, batch: dict, label_smoothing: float) -> torch.Tensor:
-    """The model's own cross-entropy, or with ``label_smoothing`` one computed here."""
-    if not label_smoothing:
+def training_loss(
+    model, batch: dict, label_smoothing: float, teacher: Teacher | None = None
+) -> torch.Tensor:
+    """The model's own cross-entropy, or with ``label_smoothing`` one computed here; with a
+    ``teacher``, that blended with matching the teacher's scores of the same batch."""
+    if not label_smoothing and teacher is None:
         return model(**batch).loss
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     logits = model(**inputs).logits
+    if teacher is not None:
+        return teacher.loss(logits, inputs, batch["labels"], label_smoothing)
     return torch.nn.functional.cross_entropy(
         logits.float(), batch["labels"], label_smoothing=label_smoothing
     )
