@@ -13,12 +13,12 @@ the scores of models already scored into ``--work`` (a recipe or model of this r
 earlier one) and chooses its tag threshold on their averaged SpamAssassin validation scores
 by the rule training uses (``operating_point``, the first member's target and confidence).
 Every model then scores the SpamAssassin validation and test splits and all of
-crosscorpus-dev with ``onnx-fp32`` (cached: a rerun scores only what is new), and is
-judged at the tag threshold it ships with: ROC-AUC, spam recall at FPR <= 0.1 % and 1 %,
-recall and FPR at the tag threshold, on the SpamAssassin test split and on crosscorpus-dev
-beside it (with its TREC 2007 and phishing parts apart). Rows accumulate in ``--out``;
-``--table`` is rewritten from them. The data set lives outside the project: no test
-depends on it.
+crosscorpus-dev with ``onnx-fp32`` (or ``--precision onnx-int8``; cached: a rerun scores
+only what is new), and is judged at the tag threshold it ships with: ROC-AUC, spam
+recall at FPR <= 0.1 % and 1 %, recall and FPR at the tag threshold, on the SpamAssassin
+test split and on crosscorpus-dev beside it (with its TREC 2007 and phishing parts
+apart). Rows accumulate in ``--out``; ``--table`` is rewritten from them. The data set
+lives outside the project: no test depends on it.
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--ensemble", action="append", default=[], help="NAME=A,B: mean of scored models"
     )
+    parser.add_argument(
+        "--precision",
+        choices=["onnx-fp32", "onnx-int8"],
+        default="onnx-fp32",
+        help="scoring backend (one per --work: the cached scores do not say which)",
+    )
     add_result_arguments(parser, ROOT, "recipes_crosscorpus")
     return parser.parse_args()
 
@@ -86,7 +92,9 @@ def main() -> None:
         models.append((name, train(args.work / name, arguments), arguments))
     for name, directory, arguments in models:
         directory = Path(directory)
-        scores = cached_scores(directory, messages, args.work / name / "scores.json")
+        scores = cached_scores(
+            directory, messages, args.work / name / "scores.json", args.precision
+        )
         card = read_card(directory)
         results["recipes"][name] = {
             "model": model_id(directory),
@@ -126,7 +134,7 @@ def main() -> None:
         print(name, json.dumps(results["recipes"][name]["sets"]["crosscorpus_dev"]))
     results |= {
         "data": str(args.data),
-        "precision": "onnx-fp32",
+        "precision": args.precision,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "command": " ".join(sys.argv),
     }
