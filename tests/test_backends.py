@@ -19,7 +19,7 @@ from spamfilter.evaluation.baselines.compare import run_baselines
 from spamfilter.model import onnxmodel
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
-from spamfilter.model.precision import BackendError, cpu_flags, resolve
+from spamfilter.model.precision import QUANTIZED_PER_RUN, BackendError, cpu_flags, resolve
 from spamrig.synthetic import make_message
 
 # Largest |P(spam) - fp32's| per precision on the tiny model: ONNX fp32 runs the same
@@ -52,6 +52,17 @@ def test_onnx_scores_do_not_depend_on_the_batch(model_dir):
     texts = [email_to_text(raw) for raw in MESSAGES]
     one_by_one = [classifier.score_texts([text])[0] for text in texts]
     assert np.allclose(classifier.score_texts(texts, batch_size=5), one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", sorted(QUANTIZED_PER_RUN))
+def test_a_quantized_score_does_not_depend_on_the_other_texts(model_dir, precision):
+    """Dynamic int8 quantizes activations on one scale per model run: batched with other
+    texts, a message would be scored on a scale its neighbours set."""
+    classifier = Classifier(model_dir, precision=precision)
+    texts = [email_to_text(raw) for raw in MESSAGES]
+    one_by_one = [classifier.score_texts([text])[0] for text in texts]
+    loud = "FREE " * 400  # a neighbour with other activations than any of them
+    assert classifier.score_texts([loud, *texts], batch_size=8)[1:] == one_by_one
 
 
 def test_export_onnx_command_writes_both_files_tagged_with_weights_and_recipe(capsys, model_dir):

@@ -29,7 +29,13 @@ from spamfilter.model.modeldir import (
     model_id,
     read_card,
 )
-from spamfilter.model.precision import BackendError, Precision, resolve, resolve_device
+from spamfilter.model.precision import (
+    QUANTIZED_PER_RUN,
+    BackendError,
+    Precision,
+    resolve,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +102,14 @@ class Classifier:
 
         ``max_tokens`` also bounds each model run by its padded size (texts × the longest
         text's tokens): many short texts with a few long ones (explain.py's phrases) then
-        do not all pay for the longest.
+        do not all pay for the longest. With a precision that quantizes activations per
+        run (``QUANTIZED_PER_RUN``) each text runs alone, so that its score never depends
+        on the texts it came with.
         """
         if not texts:
             return []
+        if self.precision in QUANTIZED_PER_RUN:
+            batch_size = 1
         encoded = encode(self.tokenizer, texts, self.card.max_length, self.card.tail_tokens)
         ids = encoded["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
