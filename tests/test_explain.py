@@ -266,3 +266,32 @@ def test_runs_bounded_in_tokens_score_as_one_run(classifier):
     texts = [email_to_text(raw) for raw in SPAM + HAM] + ["casino", "a b c"]
     bounded = classifier.score_texts(texts, batch_size=100, max_tokens=40)
     assert bounded == pytest.approx(classifier.score_texts(texts), abs=1e-5)
+
+
+def test_scoring_beside_the_explainer_scores_every_message_as_alone(classifier):
+    """The daemon scores in one thread and explains in another, with one tokenizer: an
+    explainer's untruncated call must never let the scorer's texts through at full length
+    (other scores, or past the model's positions a failed run and an unscored message)."""
+    long_texts = [email_to_text(raw) * 20 for raw in SPAM + HAM]  # far past max_length
+    alone = classifier.score_texts(long_texts)
+    explainer = Explainer(classifier, phrases=4, batch_size=4)
+    scored, failures, done = [], [], threading.Event()
+
+    def explain_until_done() -> None:
+        while not done.is_set():
+            explainer.weigh(long_texts[:2])
+
+    beside = threading.Thread(target=explain_until_done)
+    beside.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(scored) < 200 and time.monotonic() < deadline:
+            try:
+                scored.append(classifier.score_texts(long_texts))
+            except Exception as error:  # the failure the test is for
+                failures.append(error)
+    finally:
+        done.set()
+        beside.join()
+    assert not failures
+    assert all(scores == pytest.approx(alone, abs=1e-6) for scores in scored)

@@ -89,6 +89,11 @@ class Classifier:
         else:
             self.runner = TorchRunner(self.model_dir, self.precision, threads, self.device)
         self._lock = threading.Lock()
+        # Held by every call of the tokenizer (here and in explain.py): a fast tokenizer's
+        # call sets its backend's truncation for all threads, so the explaining thread's
+        # untruncated call could let the scoring thread's texts through at full length
+        # (other scores; past 512 tokens, a failed run and an unscored message).
+        self.tokenizer_lock = threading.Lock()
 
     @property
     def thresholds(self) -> Thresholds:
@@ -110,12 +115,16 @@ class Classifier:
             return []
         if self.precision in QUANTIZED_PER_RUN:
             batch_size = 1
-        encoded = encode(self.tokenizer, texts, self.card.max_length, self.card.tail_tokens)
+        with self.tokenizer_lock:
+            encoded = encode(self.tokenizer, texts, self.card.max_length, self.card.tail_tokens)
         ids = encoded["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
         for chunk in _runs(order, [len(row) for row in ids], batch_size, max_tokens):
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="np")
+            with self.tokenizer_lock:
+                batch = self.tokenizer.pad(
+                    {"input_ids": [ids[i] for i in chunk]}, return_tensors="np"
+                )
             with self._lock:
                 probabilities = self.runner.spam_probabilities(
                     batch["input_ids"], batch["attention_mask"]
