@@ -89,16 +89,22 @@ class Classifier:
         else:
             self.runner = TorchRunner(self.model_dir, self.precision, threads, self.device)
         self._lock = threading.Lock()
-        # Held by every call of the tokenizer (here and in explain.py): a fast tokenizer's
-        # call sets its backend's truncation for all threads, so the explaining thread's
-        # untruncated call could let the scoring thread's texts through at full length
-        # (other scores; past 512 tokens, a failed run and an unscored message).
-        self.tokenizer_lock = threading.Lock()
+        # Held by every call of the tokenizer (``tokenize`` and ``score_texts``): a fast
+        # tokenizer's call sets its backend's truncation for all threads, so the explaining
+        # thread's untruncated call could let the scoring thread's texts through at full
+        # length (other scores; past 512 tokens, a failed run and an unscored message).
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def thresholds(self) -> Thresholds:
         """The card's thresholds for this classifier's precision."""
         return self.card.thresholds_for(self.precision)
+
+    def tokenize(self, text: str, **options):
+        """The tokenizer's encoding of ``text`` (``options`` as the tokenizer takes them),
+        safe beside scoring in another thread."""
+        with self._tokenizer_lock:
+            return self.tokenizer(text, **options)
 
     def score_texts(
         self, texts: Sequence[str], batch_size: int = 32, max_tokens: int | None = None
@@ -115,13 +121,13 @@ class Classifier:
             return []
         if self.precision in QUANTIZED_PER_RUN:
             batch_size = 1
-        with self.tokenizer_lock:
+        with self._tokenizer_lock:
             encoded = encode(self.tokenizer, texts, self.card.max_length, self.card.tail_tokens)
         ids = encoded["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
         for chunk in _runs(order, [len(row) for row in ids], batch_size, max_tokens):
-            with self.tokenizer_lock:
+            with self._tokenizer_lock:
                 batch = self.tokenizer.pad(
                     {"input_ids": [ids[i] for i in chunk]}, return_tensors="np"
                 )

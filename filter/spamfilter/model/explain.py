@@ -64,8 +64,7 @@ class Explainer:
         self.phrases = phrases
         self.texts_per_run = batch_size * phrases
         self.tokens_per_run = batch_size * classifier.card.max_length
-        with classifier.tokenizer_lock:
-            prefix, suffix = special_affixes(classifier.tokenizer)
+        prefix, suffix = special_affixes(classifier.tokenize)
         self._room = classifier.card.max_length - len(prefix) - len(suffix)
         self.empty_log_odds = log_odds(classifier.score_texts([""])[0])  # the zero of weights
 
@@ -99,10 +98,9 @@ class Explainer:
     def phrase_spans(self, text: str) -> Spans:
         """The character spans of the words of each phrase of the window of ``text``."""
         card = self.classifier.card
-        with self.classifier.tokenizer_lock:
-            encoded = self.classifier.tokenizer(
-                text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-            )
+        encoded = self.classifier.tokenize(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
         offsets = head_and_tail(encoded["offset_mapping"], self._room, card.tail_tokens)
         words = [(match.start(), match.end()) for match in _WORD.finditer(text)]
         starts = [start for start, _ in words]
