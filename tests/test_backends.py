@@ -19,14 +19,32 @@ from spamfilter.evaluation.baselines.compare import run_baselines
 from spamfilter.model import onnxmodel
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
-from spamfilter.model.precision import QUANTIZED_PER_RUN, BackendError, cpu_flags, resolve
+from spamfilter.model.precision import (
+    INT8_DOT_PRODUCT_FLAGS,
+    QUANTIZED_PER_RUN,
+    BackendError,
+    cpu_flags,
+    resolve,
+)
 from spamrig.synthetic import make_message
 
 # Largest |P(spam) - fp32's| per precision on the tiny model: ONNX fp32 runs the same
 # arithmetic; bf16 keeps 8 mantissa bits; int8 rounds every weight matrix.
 TOLERANCE = {"onnx-fp32": 1e-4, "bf16": 0.05, "int8": 0.05, "onnx-int8": 0.05}
+NEEDS_INT8_DOT_PRODUCTS = pytest.mark.skipif(
+    not cpu_flags() & INT8_DOT_PRODUCT_FLAGS,
+    reason="onnx-int8 is refused on a CPU without int8 dot products (VNNI, AMX)",
+)
 MESSAGES = [make_message(label, 700 + index) for index in range(12) for label in (0, 1)]
 LABELS = [label for _ in range(12) for label in (0, 1)]
+
+
+def on_this_cpu(precisions) -> list:
+    """``precisions`` as test parameters, onnx-int8 skipped where this CPU refuses it."""
+    return [
+        pytest.param(p, marks=NEEDS_INT8_DOT_PRODUCTS) if p == "onnx-int8" else p
+        for p in sorted(precisions)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +58,7 @@ def fp32_scores(model_dir) -> np.ndarray:
     return np.asarray(Classifier(model_dir, precision="fp32").score_raw(MESSAGES))
 
 
-@pytest.mark.parametrize("precision", sorted(TOLERANCE))
+@pytest.mark.parametrize("precision", on_this_cpu(TOLERANCE))
 def test_each_precision_scores_like_fp32(model_dir, fp32_scores, precision):
     scores = np.asarray(Classifier(model_dir, precision=precision).score_raw(MESSAGES))
     assert np.max(np.abs(scores - fp32_scores)) <= TOLERANCE[precision]
@@ -54,7 +72,7 @@ def test_onnx_scores_do_not_depend_on_the_batch(model_dir):
     assert np.allclose(classifier.score_texts(texts, batch_size=5), one_by_one, atol=1e-5)
 
 
-@pytest.mark.parametrize("precision", sorted(QUANTIZED_PER_RUN))
+@pytest.mark.parametrize("precision", on_this_cpu(QUANTIZED_PER_RUN))
 def test_a_quantized_score_does_not_depend_on_the_other_texts(model_dir, precision):
     """Dynamic int8 quantizes activations on one scale per model run: batched with other
     texts, a message would be scored on a scale its neighbours set."""
@@ -200,6 +218,22 @@ def test_auto_picks_int8_only_where_the_cpu_has_int8_dot_products(
     assert resolve("auto") == expected
     assert resolve("auto", "cuda:0") == "fp32"  # ONNX Runtime here is a CPU build
     assert resolve("bf16") == "bf16"  # a named precision is never replaced
+
+
+def test_onnx_int8_is_refused_where_int8_sums_saturate(tmp_path, monkeypatch, model_dir, capsys):
+    """Without VNNI or AMX the int8 kernels' 16-bit sums saturate: such scores would be
+    judged by fp32's thresholds (the default model's recall at tag halved)."""
+    avx2 = cpu_flags(cpuinfo(tmp_path, "fpu sse2 avx2 fma"))
+    monkeypatch.setattr("spamfilter.model.precision.cpu_flags", lambda: avx2)
+    with pytest.raises(BackendError, match=r"onnx-int8 needs .*amx_int8, avx512_vnni, avx_vnni"):
+        Classifier(model_dir, precision="onnx-int8")
+    assert Classifier(model_dir, precision="auto").precision == "onnx-fp32"
+    message = tmp_path / "spam.eml"
+    message.write_bytes(MESSAGES[1])
+    code = cli.main(
+        ["classify", "--model", str(model_dir), "--precision", "onnx-int8", str(message)]
+    )
+    assert code == 2 and "use precision auto or onnx-fp32" in capsys.readouterr().err
 
 
 def test_cpu_flags_are_empty_where_the_cpu_is_not_described(tmp_path):

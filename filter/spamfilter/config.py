@@ -130,8 +130,8 @@ class FilterConfig:
         default=DEFAULT_PRECISION,
         metadata=_help(
             "forward pass: onnx-fp32 or onnx-int8 (ONNX Runtime), fp32, bf16 or int8 (PyTorch); "
-            "auto: onnx-int8 on CPUs with int8 dot products (VNNI, AMX), else onnx-fp32, "
-            "and fp32 on a GPU"
+            "auto: onnx-int8 on CPUs with int8 dot products (VNNI, AMX; it is refused "
+            "elsewhere), else onnx-fp32, and fp32 on a GPU"
         ),
     )
     device: str = field(

@@ -97,8 +97,8 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PRECISION,
         help="ONNX Runtime fp32 or int8 (onnx-*: exported into the model directory if "
         "missing), or PyTorch fp32, bf16 autocast or int8 dynamic quantization; auto: "
-        "onnx-int8 on CPUs with int8 dot products (VNNI, AMX), else onnx-fp32, and fp32 on "
-        "a GPU; the thresholds used are the ones tuned for it, else fp32's",
+        "onnx-int8 on CPUs with int8 dot products (VNNI, AMX; it is refused elsewhere), else "
+        "onnx-fp32, and fp32 on a GPU; the thresholds used are the ones tuned for it, else fp32's",
     )
 
 

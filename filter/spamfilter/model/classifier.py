@@ -33,6 +33,7 @@ from spamfilter.model.precision import (
     QUANTIZED_PER_RUN,
     BackendError,
     Precision,
+    require_scoring_cpu,
     resolve,
     resolve_device,
 )
@@ -76,6 +77,7 @@ class Classifier:
             device = "cpu"
         self.device = resolve_device(device)
         self.precision = resolve(precision, self.device)
+        require_scoring_cpu(self.precision)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:

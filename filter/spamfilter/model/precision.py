@@ -35,8 +35,11 @@ SHARES_FP32_THRESHOLDS: frozenset[str] = frozenset({"fp32", "onnx-fp32", "onnx-i
 # verdict. The classifier runs each text on its own with these.
 QUANTIZED_PER_RUN: frozenset[str] = frozenset({"int8", "onnx-int8"})
 
-# Without these, x86 int8 kernels multiply u8 x s8 with 16-bit intermediate sums that
-# saturate (ONNX Runtime's quantization notes), and gain little over fp32 anyway.
+# Without these, x86 int8 kernels add u8 x s8 products in 16-bit sums that saturate
+# (ONNX Runtime's quantization notes): on an AVX2-only CPU the default model's onnx-int8
+# recall at the tag threshold fell from 0.575 to 0.251 on the SpamAssassin test split,
+# at the speed of onnx-fp32 (docs/benchmarks.md). So auto avoids onnx-int8 there, and
+# the classifier refuses it.
 INT8_DOT_PRODUCT_FLAGS: frozenset[str] = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
@@ -76,6 +79,18 @@ def resolve(precision: str, device: str = "cpu") -> str:
     if device != "cpu":
         return "fp32"  # PyTorch on the accelerator; ONNX Runtime here is a CPU build
     return "onnx-int8" if cpu_flags() & INT8_DOT_PRODUCT_FLAGS else "onnx-fp32"
+
+
+def require_scoring_cpu(backend: str) -> None:
+    """Refuse ``onnx-int8`` on a CPU whose int8 kernels saturate (``INT8_DOT_PRODUCT_FLAGS``)."""
+    if backend == "onnx-int8" and not cpu_flags() & INT8_DOT_PRODUCT_FLAGS:
+        raise BackendError(
+            "onnx-int8 needs a CPU with int8 dot products ("
+            + ", ".join(sorted(INT8_DOT_PRODUCT_FLAGS))
+            + "): this one has none, and its int8 kernels' saturating sums move scores "
+            "(recall at the tag threshold 0.575 -> 0.251 on the default model) at no gain "
+            "in speed: use precision auto or onnx-fp32"
+        )
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
