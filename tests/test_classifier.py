@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from spamfilter.model.classifier import Classifier
+from spamfilter.model.classifier import PAD_TOKENS_PER_RUN, Classifier, _runs
 from spamfilter.model.encode import encode
 from spamrig.synthetic import make_message
 
@@ -22,6 +22,16 @@ def test_scores_keep_input_order_whatever_the_length(tiny_model_dir):
     together = classifier.score_texts(texts, batch_size=2)
     alone = [classifier.score_texts([text])[0] for text in texts]
     assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_a_text_much_longer_than_its_run_starts_a_run_of_its_own():
+    """Padding a run's texts to one long text costs more than a run of its own (an
+    explanation's phrases cost 1.8x their tokens that way)."""
+    lengths = [13, 13, 14, 70, 128, 128]
+    assert _runs(list(range(6)), lengths, 8, None) == [[0, 1, 2], [3], [4, 5]]
+    just_within = [10, 10, 10 + PAD_TOKENS_PER_RUN // 2]  # two texts, 4 tokens each
+    assert _runs([0, 1, 2], just_within, 8, None) == [[0, 1, 2]]
+    assert _runs([0, 1, 2], [10, 10, 10 + PAD_TOKENS_PER_RUN], 8, None) == [[0, 1], [2]]
 
 
 def test_pipeline_loads_the_model_directory(tiny_model_dir):

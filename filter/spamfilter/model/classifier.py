@@ -40,6 +40,13 @@ from spamfilter.model.precision import (
 
 log = logging.getLogger(__name__)
 
+# Padding a text may add to a model run it joins (the run's texts times how much longer
+# it is than the longest so far), in tokens: past it the text starts a run of its own. A
+# run's fixed cost is a few tokens' worth (ONNX Runtime on 2 AVX2 cores: ~1.7 ms a run,
+# ~0.38 ms a token); without the bound an explanation's phrases, padded to their longest,
+# cost 1.8x their tokens (docs/benchmarks.md).
+PAD_TOKENS_PER_RUN = 8
+
 
 class Scorer(Protocol):
     """What the SMTP handler needs from a model: P(spam) for each raw message."""
@@ -128,17 +135,19 @@ class Classifier:
         ids = encoded["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
-        for chunk in _runs(order, [len(row) for row in ids], batch_size, max_tokens):
-            with self._tokenizer_lock:
-                batch = self.tokenizer.pad(
-                    {"input_ids": [ids[i] for i in chunk]}, return_tensors="np"
-                )
-            with self._lock:
+        # One call's runs hold the model together: another thread's texts (the daemon's
+        # scoring beside its explaining) wait for the call, not for each of its runs.
+        with self._lock:
+            for chunk in _runs(order, [len(row) for row in ids], batch_size, max_tokens):
+                with self._tokenizer_lock:
+                    batch = self.tokenizer.pad(
+                        {"input_ids": [ids[i] for i in chunk]}, return_tensors="np"
+                    )
                 probabilities = self.runner.spam_probabilities(
                     batch["input_ids"], batch["attention_mask"]
                 )
-            for index, score in zip(chunk, probabilities.tolist(), strict=True):
-                scores[index] = score
+                for index, score in zip(chunk, probabilities.tolist(), strict=True):
+                    scores[index] = score
         return scores
 
     def score_raw(self, messages: Sequence[bytes], batch_size: int = 32) -> list[float]:
@@ -150,13 +159,16 @@ def _runs(
     order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None
 ) -> list[list[int]]:
     """``order`` (indices by ascending length) cut into model runs of at most ``batch_size``
-    texts and, if given, ``max_tokens`` padded tokens (a longer text runs alone)."""
+    texts, at most ``PAD_TOKENS_PER_RUN`` padding added by each text that joins a run,
+    and, if given, ``max_tokens`` padded tokens (a longer text runs alone)."""
     runs: list[list[int]] = []
     for index in order:
         if runs and len(runs[-1]) < batch_size:
-            padded = (len(runs[-1]) + 1) * lengths[index]  # this one is the longest so far
-            if max_tokens is None or padded <= max_tokens:
-                runs[-1].append(index)
+            run, length = runs[-1], lengths[index]  # this one is the longest so far
+            padding = len(run) * (length - lengths[run[-1]])
+            padded = (len(run) + 1) * length
+            if padding <= PAD_TOKENS_PER_RUN and (max_tokens is None or padded <= max_tokens):
+                run.append(index)
                 continue
         runs.append([index])
     return runs
