@@ -20,10 +20,10 @@ from spamfilter.model import onnxmodel
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.precision import (
-    INT8_DOT_PRODUCT_FLAGS,
     QUANTIZED_PER_RUN,
     BackendError,
     cpu_flags,
+    has_int8_dot_products,
     resolve,
 )
 from spamrig.synthetic import make_message
@@ -32,7 +32,7 @@ from spamrig.synthetic import make_message
 # arithmetic; bf16 keeps 8 mantissa bits; int8 rounds every weight matrix.
 TOLERANCE = {"onnx-fp32": 1e-4, "bf16": 0.05, "int8": 0.05, "onnx-int8": 0.05}
 NEEDS_INT8_DOT_PRODUCTS = pytest.mark.skipif(
-    not cpu_flags() & INT8_DOT_PRODUCT_FLAGS,
+    not has_int8_dot_products(),
     reason="onnx-int8 is refused on a CPU without int8 dot products (VNNI, AMX)",
 )
 MESSAGES = [make_message(label, 700 + index) for index in range(12) for label in (0, 1)]

@@ -78,12 +78,12 @@ def resolve(precision: str, device: str = "cpu") -> str:
         return precision
     if device != "cpu":
         return "fp32"  # PyTorch on the accelerator; ONNX Runtime here is a CPU build
-    return "onnx-int8" if cpu_flags() & INT8_DOT_PRODUCT_FLAGS else "onnx-fp32"
+    return "onnx-int8" if has_int8_dot_products() else "onnx-fp32"
 
 
 def require_scoring_cpu(backend: str) -> None:
     """Refuse ``onnx-int8`` on a CPU whose int8 kernels saturate (``INT8_DOT_PRODUCT_FLAGS``)."""
-    if backend == "onnx-int8" and not cpu_flags() & INT8_DOT_PRODUCT_FLAGS:
+    if backend == "onnx-int8" and not has_int8_dot_products():
         raise BackendError(
             "onnx-int8 needs a CPU with int8 dot products ("
             + ", ".join(sorted(INT8_DOT_PRODUCT_FLAGS))
@@ -91,6 +91,11 @@ def require_scoring_cpu(backend: str) -> None:
             "(recall at the tag threshold 0.575 -> 0.251 on the default model) at no gain "
             "in speed: use precision auto or onnx-fp32"
         )
+
+
+def has_int8_dot_products() -> bool:
+    """Whether this machine's CPU lists one of ``INT8_DOT_PRODUCT_FLAGS``."""
+    return bool(cpu_flags() & INT8_DOT_PRODUCT_FLAGS)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
