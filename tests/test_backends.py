@@ -90,7 +90,7 @@ def test_export_onnx_command_writes_both_files_tagged_with_weights_and_recipe(ca
     printed = capsys.readouterr().out
     for precision, name in onnxmodel.FILES.items():
         assert f"{precision}: {model_dir / name}" in printed
-        properties = onnxmodel.OnnxRunner(model_dir, precision).session.get_modelmeta()
+        properties = onnxmodel.OnnxRunner.for_model(model_dir, precision).session.get_modelmeta()
         assert properties.custom_metadata_map == {
             onnxmodel.MODEL_ID_KEY: Classifier(model_dir, precision="fp32").model_id,
             onnxmodel.RECIPE_KEY: onnxmodel.RECIPE,

@@ -94,7 +94,9 @@ class Classifier:
         if self.precision.startswith("onnx-"):
             from spamfilter.model.onnxmodel import OnnxRunner
 
-            self.runner = OnnxRunner(self.model_dir, self.precision, threads or 0, self.model_id)
+            self.runner = OnnxRunner.for_model(
+                self.model_dir, self.precision, threads or 0, self.model_id
+            )
         else:
             self.runner = TorchRunner(self.model_dir, self.precision, threads, self.device)
         self._lock = threading.Lock()

@@ -158,33 +158,41 @@ def _fuse(config, traced: Path, out: Path, probe: dict, expected: np.ndarray) ->
 
 
 class OnnxRunner:
-    """P(spam) from padded token ids with an ONNX Runtime CPU session."""
+    """P(spam) from padded token ids with an ONNX Runtime CPU session on one ONNX file."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        precision: OnnxPrecision,
-        threads: int = 0,
-        weights_id: str | None = None,
-    ) -> None:
-        """``weights_id``: the directory's ``model_id``, if the caller has it already."""
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        """The file as it is (a benchmark's own graph); ``for_model`` keeps a model
+        directory's export current with its weights."""
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: one per core
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+
+    @classmethod
+    def for_model(
+        cls,
+        model_dir: str | Path,
+        precision: OnnxPrecision,
+        threads: int = 0,
+        weights_id: str | None = None,
+    ) -> OnnxRunner:
+        """The runner of ``model_dir``'s file for ``precision``, exported first if it is
+        missing or was exported from other weights or by another recipe.
+
+        ``weights_id``: the directory's ``model_id``, if the caller has it already.
+        """
         path = Path(model_dir) / FILES[precision]
-
-        def session():
-            return onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-
-        self.session = session() if path.is_file() else None
         current = (weights_id or model_id(model_dir), RECIPE)
-        if self.session is None or self._origin() != current:
-            log.info("%s missing, or exported from other weights or recipe: exporting", path)
-            export_onnx(model_dir)
-            self.session = session()
+        if path.is_file():
+            runner = cls(path, threads)
+            if runner._origin() == current:
+                return runner
+        log.info("%s missing, or exported from other weights or recipe: exporting", path)
+        export_onnx(model_dir)
+        return cls(path, threads)
 
     def spam_probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
