@@ -2,7 +2,9 @@
 
 Text and tokens come from ``mailtext`` and ``encode``, the model-input contract training
 shares. The forward pass runs in PyTorch (fp32, bf16 autocast, int8 dynamic quantization) or in ONNX
-Runtime (``onnx-fp32``, ``onnx-int8``: see ``onnxmodel``); the precision picks which.
+Runtime (``onnx-fp32``, ``onnx-int8``: see ``onnxmodel``); the precision picks which. A
+directory that ``spamfilter learn`` wrote may add the site's words (``sitewords``): the
+served score is then the encoder's blended with theirs, for every precision.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from spamfilter.model.precision import (
     resolve,
     resolve_device,
 )
+from spamfilter.model.sitewords import SiteWords
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Classifier:
         except (OSError, ValueError) as error:
             raise ModelDirError(f"{self.model_dir}: cannot load tokenizer: {error}") from None
         self.model_id = model_id(self.model_dir)
+        self.site_words = SiteWords.load(self.model_dir)
         self.runner: Runner
         if self.precision.startswith("onnx-"):
             from spamfilter.model.onnxmodel import OnnxRunner
@@ -150,6 +154,8 @@ class Classifier:
                 )
                 for index, score in zip(chunk, probabilities.tolist(), strict=True):
                     scores[index] = score
+        if self.site_words is not None:
+            return self.site_words.scores(scores, texts).tolist()
         return scores
 
     def score_raw(self, messages: Sequence[bytes], batch_size: int = 32) -> list[float]:

@@ -24,6 +24,7 @@ from spamfilter.model.precision import SHARES_FP32_THRESHOLDS
 log = logging.getLogger(__name__)
 
 CARD_FILE = "spamfilter.json"
+WORDS_FILE = "site_words.json"  # spamfilter.model.sitewords: what learn adds, if anything
 LABELS = ("ham", "spam")
 SPAM_LABEL = 1
 
@@ -162,11 +163,13 @@ def load_model(model_dir: str | Path, **options):
 
 
 def model_id(model_dir: str | Path) -> str:
-    """``<name>@<first 8 hex of the weights' sha256>``: which model scored a message."""
+    """``<name>@<first 8 hex of the sha256 of the weights and site words>``: which model
+    scored a message."""
     directory = Path(model_dir)
     digest = hashlib.sha256()
     weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    for path in weights:
+    words = [directory / WORDS_FILE] if (directory / WORDS_FILE).is_file() else []
+    for path in [*weights, *words]:
         with path.open("rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
