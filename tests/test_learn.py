@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from spamfilter import cli
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
-from spamfilter.model.modeldir import CARD_FILE, model_id, read_card
+from spamfilter.model.modeldir import CARD_FILE, WORDS_FILE, model_id, read_card
 from spamfilter.smtp import quarantine
 from spamfilter.smtp.policy import Policy
 from spamrig.clients import delivered_ids, numbered_message, send, spam_headers
@@ -164,6 +164,9 @@ def test_learn_writes_a_complete_model_directory_and_leaves_the_parent_alone(lea
     assert any(not first[name].equal(second[name]) for name in first)  # it did learn
     assert model_id(output) != model_id(parent)
     assert "learned from 16 spam and 16 ham" in out and "non-mail files skipped: 2" in out
+    words = card.calibration["site_words"]
+    assert words["served"] and words["words"] > 0 and words["blend"]["words"] > 0
+    assert (output / WORDS_FILE).is_file() and "site words: " in out
 
 
 def test_the_learned_model_scores_and_serves(learned):
@@ -177,6 +180,38 @@ def test_the_learned_model_scores_and_serves(learned):
         send(d.smtp_address[1], crlf(make_message(1, 701)))
     status = spam_headers(captured.deliveries[0].content)["X-Spam-Status"]
     assert f"model={model_id(output)}" in status and model_id(output).startswith("site@")
+
+
+def test_the_sites_words_teach_what_the_encoder_does_not_know(
+    tiny_model_dir, synthetic_corpus, tmp_path
+):
+    """The site calls a newsletter of ham words spam: learned with its words, fresh issues
+    score higher than learned without them, and the card says which model serves."""
+    newsletter = [with_words(make_message(0, 400 + i), b"zorblax weekly digest") for i in range(16)]
+    inbox = [make_message(0, 500 + i) for i in range(16)]
+    spam = write_directory(tmp_path / "junk", newsletter)
+    ham = write_directory(tmp_path / "inbox", inbox)
+    scores = {}
+    for words in ("true", "false"):
+        output = tmp_path / f"words-{words}"
+        code, out, err = learn(
+            "--model", tiny_model_dir, "--output", output, "--spam", spam, "--ham", ham,
+            "--replay-data", synthetic_corpus, "--replay-ratio", "0.5",
+            "--epochs", "1", "--site-words", words,
+        )  # fmt: skip
+        assert code == 0, err
+        fresh = [with_words(make_message(0, 600 + i), b"zorblax weekly digest") for i in range(8)]
+        scores[words] = Classifier(output, precision="fp32").score_raw(fresh)
+        assert (output / WORDS_FILE).is_file() == (words == "true")
+        served = read_card(output).calibration["site_words"]
+        assert served["served"] == (words == "true")
+    assert "site words: not served (site_words off)" in out
+    assert min(scores["true"]) > max(scores["false"])
+
+
+def with_words(raw: bytes, words: bytes) -> bytes:
+    """``raw`` with ``words`` added at the end of its (plain text) body."""
+    return raw.rstrip(b"\n") + b" " + words + b"\n"
 
 
 def test_install_points_current_at_the_new_directory_and_swaps_it_atomically(learned):

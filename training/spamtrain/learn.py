@@ -8,22 +8,28 @@
    the model keeps what it knew. Its validation split is kept for the forgetting check.
 3. Calibrate out of fold. The site's mail is cut into ``folds`` folds, each label spread
    evenly; for each fold the parent is trained on the other folds (plus their share of
-   the replay sample) and scores that fold. Every site message thus gets the score of a
-   model that never saw it, as a new message would. A held-out share would leave a few
-   dozen ham to calibrate on, and the final model's scores of its own training mail are
-   too low to calibrate on at all.
+   the replay sample) and scores that fold, and so does the site evidence fitted on the
+   other folds (``spamfilter.model.sitewords``: a model of the site's words, gated by a
+   model of site mail against the replay sample). Every site message thus gets the
+   scores of models that never saw it, as a new message would. A held-out share would
+   leave a few dozen ham to calibrate on, and the final model's scores of its own
+   training mail are too low to calibrate on at all.
 4. Train the parent on all the site's mail plus the replay sample (the loop of
-   ``training/train.py``, in this process) and score the replay corpus's validation split
-   (the forgetting check).
-5. Carry the out-of-fold scores to the final model's scale, and choose the tag threshold:
-   the lowest whose FPR upper bound on the site's ham (at the set confidence,
-   ``spamfilter.evaluation.operating_point``) meets the target. Each model
+   ``training/train.py``, in this process), fit the site evidence on all of it, and score
+   the replay corpus's validation split (the forgetting check).
+5. Carry the encoder's out-of-fold scores to the final model's scale. Each model
    saturates at its own ceiling (spam scores crowd into the last 0.001 below it, and the
    ceilings of the fold models and the final one differ by more than that), so a raw
    out-of-fold threshold can lie above every score the final model gives. A fold model's
    score is therefore replaced by the final model's score of the same rank among the
    validation messages of the replay corpus, which all of them scored and none trained on
-   (quantile mapping). Without a replay corpus the scores are used as they are.
+   (quantile mapping). Without a replay corpus the scores are used as they are. With site
+   words, fit their blend with the encoder on these scores and on the validation split's
+   (each part weighing as much as the other; docs/evaluation.md has what each choice
+   measured); a blend that gives the words no positive weight is dropped, and the
+   encoder serves alone. Then choose the tag threshold on the served scores: the lowest
+   whose FPR upper bound on the site's ham (at the set confidence,
+   ``spamfilter.evaluation.operating_point``) meets the target.
 6. Write the model directory (weights, tokenizer, card, ONNX export) under a temporary
    name beside ``output``, then rename it into place. The parent is only read.
 7. With ``install``, point a symlink (``current``) at the new directory: a new link under
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import secrets
@@ -55,8 +62,10 @@ from spamfilter.evaluation.metrics import summary
 from spamfilter.evaluation.operating_point import OperatingPoint, operating_point
 from spamfilter.model.calibration import confidence as recorded_confidence
 from spamfilter.model.calibration import record_tuned
+from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.modeldir import ModelCard, Thresholds, model_id, read_card
 from spamfilter.model.onnxmodel import FILES as ONNX_FILES
+from spamfilter.model.sitewords import Blend, SiteEvidence, SiteWords
 from spamtrain import checkpoint, data, sitemail
 from spamtrain.config import TrainConfig
 from spamtrain.corpora import DataError
@@ -71,6 +80,8 @@ from spamtrain.loop import (
     train,
     training_plan,
 )
+
+log = logging.getLogger(__name__)
 
 # The forgetting check scores at most this many validation messages of the replay corpus
 # (all 638 of the built-in one): a big custom corpus would otherwise take an hour.
@@ -130,16 +141,31 @@ def learn(
         config,
     )
     labels = site.dataset["label"]
-    held_out = out_of_fold(config, accelerator, tokenizer, features, settings, labels)
+    texts = replay_texts = None
+    if settings.site_words:
+        texts = texts_of(site.dataset)
+        replay_texts = texts_of(replay.pool) if replay.pool is not None else []
+    held_out = out_of_fold(
+        config, accelerator, tokenizer, features, settings, labels, texts, replay_texts
+    )
     with partial_directory(output) as partial:
         model, throughput = fit(
             dataclasses.replace(config, output_dir=str(partial)),
             accelerator,
             training_set(features, range(len(labels)), settings.replay_ratio),
         )
-        thresholds, calibration, metrics = choose_thresholds(
-            config, settings, accelerator, tokenizer, features, model, held_out, labels
+        words = SiteEvidence.fit(texts, labels, replay_texts) if texts is not None else None
+        validation_texts = (
+            texts_of(replay.validation)
+            if words is not None and replay.validation is not None
+            else None
         )
+        thresholds, calibration, metrics, site_words = choose_thresholds(
+            config, settings, accelerator, tokenizer, features, model, held_out, labels,
+            words, validation_texts,
+        )  # fmt: skip
+        if site_words is not None:  # before the export: the model id covers the words
+            site_words.save(partial)
         fields = {
             "thresholds": thresholds,
             "calibration": calibration,
@@ -166,23 +192,67 @@ def choose_thresholds(
     model,
     held_out: HeldOut,
     labels: Sequence[int],
-) -> tuple[Thresholds, dict, dict]:
-    """Step 5: the thresholds, their calibration record, and the card's metrics (the
-    site's mail out of fold; the replay corpus's validation split, the forgetting check)."""
+    words: SiteEvidence | None,
+    validation_texts: Sequence[str] | None,
+) -> tuple[Thresholds, dict, dict, SiteWords | None]:
+    """Step 5: the thresholds, their calibration record, the card's metrics (the site's
+    mail out of fold; the replay corpus's validation split, the forgetting check), and the
+    site words to serve, if any."""
     metrics = {}
     scores = held_out.scores
+    validation = None  # the replay corpus's validation split: its labels and scores
     if "validation" in features:
         loader = eval_loader(accelerator, tokenizer, features["validation"], config)
-        val_labels, val_scores = predict(accelerator, model, loader)
-        scores = held_out.carried(val_scores)
-    thresholds, points = calibrate(labels, scores, config)
-    metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
-    if "validation" in features:
-        metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
+        validation = predict(accelerator, model, loader)
+        scores = held_out.carried(validation[1])
     uncarried = operating_point(
         labels, held_out.scores, config.target_fpr, config.confidence
     ).threshold
-    return thresholds, calibration_record(settings, points, held_out, uncarried), metrics
+    site_words = None
+    if words is not None:
+        site_words = blend_words(words, held_out, scores, labels, validation, validation_texts)
+    if site_words is not None:
+        scores = site_words.blend(scores, held_out.words).tolist()
+    thresholds, points = calibrate(labels, scores, config)
+    metrics["site_out_of_fold"] = summary(labels, scores, thresholds.tag)
+    if validation is not None:
+        val_labels, val_scores = validation
+        if site_words is not None:
+            val_scores = site_words.scores(val_scores, validation_texts).tolist()
+        metrics["validation"] = summary(val_labels, val_scores, thresholds.tag)
+    record = calibration_record(settings, points, held_out, uncarried, site_words)
+    return thresholds, record, metrics, site_words
+
+
+def blend_words(
+    words: SiteEvidence,
+    held_out: HeldOut,
+    site_scores: Sequence[float],
+    labels: Sequence[int],
+    validation: tuple[list[int], list[float]] | None,
+    validation_texts: Sequence[str] | None,
+) -> SiteWords | None:
+    """Step 5's blend of the encoder and the words, fitted on the site's out-of-fold scores
+    and the validation split's (each part weighing as much as the other); None when it
+    gives the words no positive weight."""
+    encoder, evidence, truth = list(site_scores), list(held_out.words), list(labels)
+    weights = [1.0] * len(truth)
+    if validation is not None and validation_texts:
+        val_labels, val_scores = validation
+        weights = [len(val_labels) / len(truth)] * len(truth) + [1.0] * len(val_labels)
+        encoder += val_scores
+        evidence += words(validation_texts).tolist()
+        truth += val_labels
+    blend = Blend.fit(encoder, evidence, truth, weights)
+    if blend.words <= 0:
+        log.warning("the site's words add nothing the encoder does not know: served without")
+        return None
+    return SiteWords(words, blend)
+
+
+def texts_of(messages: datasets.Dataset) -> list[str]:
+    """The model text of each message (what both the encoder and the word model read)."""
+    return [email_to_text(raw) for raw in messages["raw"]]
 
 
 # --- checks and settings -----------------------------------------------------------------
@@ -305,6 +375,7 @@ class HeldOut:
     scores: list[float]  # P(spam) of each site message, from the model without its fold
     fold_of: list[int]
     references: list[list[float]] | None  # per fold: its scores of the replay validation split
+    words: list[float] | None  # the word model's evidence without its fold; None: no words
 
     def carried(self, final_reference: Sequence[float]) -> list[float]:
         """The scores on the final model's scale (module docstring, step 5)."""
@@ -340,11 +411,15 @@ def out_of_fold(
     features: datasets.DatasetDict,
     settings: LearnConfig,
     labels: Sequence[int],
+    texts: Sequence[str] | None,
+    replay_texts: Sequence[str] | None,
 ) -> HeldOut:
-    """P(spam) of each site message from a model trained without its fold, and each fold
-    model's scores of the replay corpus's validation split (if there is one)."""
+    """P(spam) of each site message from a model trained without its fold, each fold
+    model's scores of the replay corpus's validation split (if there is one), and, given
+    the site's ``texts``, the site evidence (``SiteEvidence``) fitted without the fold."""
     fold_of = assign_folds(labels, settings.folds, settings.seed)
     scores = [0.0] * len(labels)
+    words = [0.0] * len(labels) if texts is not None else None
     references: list[list[float]] | None = [] if "validation" in features else None
     with tempfile.TemporaryDirectory(prefix="spamfilter-learn-") as scratch:
         for fold in range(settings.folds):
@@ -356,12 +431,18 @@ def out_of_fold(
             _, held_scores = predict(accelerator, model, loader)
             for row, score in zip(held, held_scores, strict=True):
                 scores[row] = score
+            if words is not None:
+                evidence = SiteEvidence.fit(
+                    [texts[row] for row in kept], [labels[row] for row in kept], replay_texts
+                )([texts[row] for row in held])
+                for row, value in zip(held, evidence.tolist(), strict=True):
+                    words[row] = value
             if references is not None:
                 loader = eval_loader(accelerator, tokenizer, features["validation"], config)
                 references.append(predict(accelerator, model, loader)[1])
             del model, loader
             accelerator.free_memory()  # the prepared model, optimizer and loaders of this fold
-    return HeldOut(scores, fold_of, references)
+    return HeldOut(scores, fold_of, references, words)
 
 
 def training_set(
@@ -409,13 +490,16 @@ def calibration_record(
     points: dict[str, OperatingPoint | None],
     held_out: HeldOut,
     uncarried_tag: float,
+    site_words: SiteWords | None,
 ) -> dict:
     """How the thresholds were chosen, as ``spamfilter.model.calibration`` records it."""
     facts = {
         "split": "site mail, out of fold",
         "folds": settings.folds,
         "scores": held_out.scale_note(),
-        "uncarried_tag": uncarried_tag,  # the tag threshold on the fold models' own scales
+        # the encoder's tag threshold on the fold models' own scales, before any blend
+        "uncarried_tag": uncarried_tag,
+        "site_words": words_record(site_words, settings),
         "chosen_at": now(),
     }
     if points["tag"].too_little_ham:
@@ -424,6 +508,20 @@ def calibration_record(
     for which, point in points.items():
         record_tuned(calibration, which, point, **facts)
     return calibration
+
+
+def words_record(site_words: SiteWords | None, settings: LearnConfig) -> dict:
+    """What the card says of the site words: their blend with the encoder, or why none."""
+    if site_words is None:
+        why = "blend gave them no weight" if settings.site_words else "site_words off"
+        return {"served": False, "why": why}
+    gate = site_words.evidence.gate
+    return {
+        "served": True,
+        "words": len(site_words.evidence.words.vocabulary),
+        "gate_words": len(gate.vocabulary) if gate is not None else None,
+        "blend": dataclasses.asdict(site_words.blend),
+    }
 
 
 def training_data(site: sitemail.SiteMail, replay: Replay) -> dict[str, datasets.Dataset]:

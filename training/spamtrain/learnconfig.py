@@ -50,6 +50,11 @@ class LearnConfig:
         "observed FPR; default: the parent model's (0.95 if its card records none).",
         None,
     )
+    site_words: bool = _help(
+        "Also fit a model of the words of the site's mail and blend its evidence with the "
+        "encoder's (as sa-learn's Bayes does); false: the encoder alone.",
+        True,
+    )
     seed: int = _help("Seed for the folds, the replay sample, shuffling and dropout.", 42)
 
     def validate(self) -> list[str]:

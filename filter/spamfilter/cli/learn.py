@@ -115,6 +115,15 @@ def print_learned(learned: Learned) -> None:
     if replay["messages"]:
         print(f"replayed {replay['messages']} messages of {replay['data']} (its train split)")
     calibration, oof = card.calibration, card.metrics["site_out_of_fold"]
+    words = calibration.get("site_words", {})
+    if words.get("served"):
+        blend = words["blend"]
+        print(
+            f"site words: {words['words']:,} words of the site's mail, blended with the encoder "
+            f"(log-odds x {blend['encoder']:.3g} + words x {blend['words']:.3g})"
+        )
+    elif words:
+        print(f"site words: not served ({words['why']})")
     print(
         f"tag threshold {card.thresholds.tag:.6g} (was {parent.thresholds.tag:.6g}), for FPR <= "
         f"{calibration['target_fpr']:g} on the site's mail out of fold "
