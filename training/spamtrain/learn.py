@@ -154,15 +154,15 @@ def learn(
             accelerator,
             training_set(features, range(len(labels)), settings.replay_ratio),
         )
-        words = SiteEvidence.fit(texts, labels, replay_texts) if texts is not None else None
+        evidence = SiteEvidence.fit(texts, labels, replay_texts) if texts is not None else None
         validation_texts = (
             texts_of(replay.validation)
-            if words is not None and replay.validation is not None
+            if evidence is not None and replay.validation is not None
             else None
         )
         thresholds, calibration, metrics, site_words = choose_thresholds(
             config, settings, accelerator, tokenizer, features, model, held_out, labels,
-            words, validation_texts,
+            evidence, validation_texts,
         )  # fmt: skip
         if site_words is not None:  # before the export: the model id covers the words
             site_words.save(partial)
@@ -192,7 +192,7 @@ def choose_thresholds(
     model,
     held_out: HeldOut,
     labels: Sequence[int],
-    words: SiteEvidence | None,
+    evidence: SiteEvidence | None,
     validation_texts: Sequence[str] | None,
 ) -> tuple[Thresholds, dict, dict, SiteWords | None]:
     """Step 5: the thresholds, their calibration record, the card's metrics (the site's
@@ -209,8 +209,8 @@ def choose_thresholds(
         labels, held_out.scores, config.target_fpr, config.confidence
     ).threshold
     site_words = None
-    if words is not None:
-        site_words = blend_words(words, held_out, scores, labels, validation, validation_texts)
+    if evidence is not None:
+        site_words = blend_words(evidence, held_out, scores, labels, validation, validation_texts)
     if site_words is not None:
         scores = site_words.blend(scores, held_out.words).tolist()
     thresholds, points = calibrate(labels, scores, config)
@@ -225,7 +225,7 @@ def choose_thresholds(
 
 
 def blend_words(
-    words: SiteEvidence,
+    evidence: SiteEvidence,
     held_out: HeldOut,
     site_scores: Sequence[float],
     labels: Sequence[int],
@@ -235,19 +235,19 @@ def blend_words(
     """Step 5's blend of the encoder and the words, fitted on the site's out-of-fold scores
     and the validation split's (each part weighing as much as the other); None when it
     gives the words no positive weight."""
-    encoder, evidence, truth = list(site_scores), list(held_out.words), list(labels)
+    encoder, gated, truth = list(site_scores), list(held_out.words), list(labels)
     weights = [1.0] * len(truth)
     if validation is not None and validation_texts:
         val_labels, val_scores = validation
         weights = [len(val_labels) / len(truth)] * len(truth) + [1.0] * len(val_labels)
         encoder += val_scores
-        evidence += words(validation_texts).tolist()
+        gated += evidence(validation_texts).tolist()
         truth += val_labels
-    blend = Blend.fit(encoder, evidence, truth, weights)
+    blend = Blend.fit(encoder, gated, truth, weights)
     if blend.words <= 0:
         log.warning("the site's words add nothing the encoder does not know: served without")
         return None
-    return SiteWords(words, blend)
+    return SiteWords(evidence, blend)
 
 
 def texts_of(messages: datasets.Dataset) -> list[str]:
@@ -375,7 +375,7 @@ class HeldOut:
     scores: list[float]  # P(spam) of each site message, from the model without its fold
     fold_of: list[int]
     references: list[list[float]] | None  # per fold: its scores of the replay validation split
-    words: list[float] | None  # the word model's evidence without its fold; None: no words
+    words: list[float] | None  # the site evidence (gated words) without its fold; None: off
 
     def carried(self, final_reference: Sequence[float]) -> list[float]:
         """The scores on the final model's scale (module docstring, step 5)."""
