@@ -141,3 +141,34 @@ def test_a_broken_words_file_is_refused_with_its_name(with_words, spoil, said):
     with pytest.raises(ModelDirError, match=said) as raised:
         Classifier(directory, precision="fp32")
     assert str(path) in str(raised.value)
+
+
+def test_the_telling_words_are_the_words_evidence_gated_and_blended(with_words):
+    _, site_words = with_words
+    text = newsletter(950)
+    words = site_words.evidence.words
+    parts = words.contributions(text)
+    assert sum(part for _, part in parts) + words.bias == pytest.approx(words.evidence([text])[0])
+    everything = site_words.telling(text, count=len(parts))
+    share = site_words.evidence.share([text])[0]
+    assert sum(moved for _, moved in everything) == pytest.approx(
+        site_words.blend.words * share * (words.evidence([text])[0] - words.bias)
+    )
+    (first, moved), *_ = site_words.telling(text, count=3)
+    assert first in NEWSLETTER.split() and moved > 0
+
+
+def test_explanations_name_the_site_words_in_the_report_and_classify(with_words, tiny_model_dir):
+    from spamfilter.cli.classify import explanation_table
+    from spamfilter.model.explain import Explainer
+    from spamfilter.smtp.spamreport import summary
+
+    directory, _ = with_words
+    explained = Explainer(Classifier(directory, precision="fp32"), phrases=4, batch_size=8)
+    (explanation,) = explained.explain_texts([newsletter(960)])
+    assert explanation.words and explanation.words[0].text in NEWSLETTER.split()
+    assert "; site words: +" in summary(explanation)
+    assert "site word (its share" in explanation_table(explanation)
+    plain = Explainer(Classifier(tiny_model_dir, precision="fp32"), phrases=4, batch_size=8)
+    (without,) = plain.explain_texts([newsletter(960)])
+    assert without.words == () and "site words" not in summary(without)

@@ -50,6 +50,8 @@ def classify(args: argparse.Namespace) -> int:
             shown = {"file": name, "score": score, "verdict": verdict}
             if explanation is not None:
                 shown["phrases"] = [dataclasses.asdict(p) for p in explanation.phrases]
+                if explanation.words:
+                    shown["site_words"] = [dataclasses.asdict(w) for w in explanation.words]
             print(json.dumps(shown, ensure_ascii=False))
         else:
             print(f"{name}\t{score:.4f}\t{verdict}")
@@ -70,6 +72,9 @@ def explanation_table(explanation: Explanation) -> str:
     """The phrases, strongest first: weight (log-odds of spam alone) and the phrase."""
     lines = ["  weight  phrase (scored alone: log-odds of spam against an empty text)"]
     lines += [f"  {phrase.weight:+6.2f}  {phrase.text}" for phrase in explanation.phrases]
+    if explanation.words:
+        lines.append("  moved   site word (its share of the message's log-odds of spam)")
+        lines += [f"  {word.weight:+6.2f}  {word.text}" for word in explanation.words]
     return "\n".join(lines)
 
 

@@ -12,6 +12,11 @@ hold a window's worth of tokens, so an explanation costs about 1.35 scorings of 
 message (66 vs 49 ms on 2 AVX2 cores), as long as the classifier does not pad short
 phrases to a long one (``PAD_TOKENS_PER_RUN``).
 
+A model directory with site words (``sitewords``; what ``spamfilter learn`` adds) reads
+the whole text, not just the window: its phrases' scores include the words' evidence,
+and the explanation also names the words that moved the message's score most
+(``SiteWords.telling``), each with its share of the served log-odds.
+
 Measured on the default model (``benchmarks/explain_methods.py``, docs/benchmarks.md):
 removing the phrase ranked first moves the score against the verdict more than removing
 the one ranked last in 83-92 % of messages; ranking by what removing each phrase does
@@ -34,6 +39,7 @@ from spamfilter.model.mailtext import email_to_text
 _WORD = re.compile(r"\S+")
 Spans = list[list[tuple[int, int]]]  # per phrase, the (start, end) of each of its words
 _CERTAIN = 1e-12  # P(spam) kept this far from 0 and 1, so the log-odds stay finite
+SITE_WORDS = 5  # the site's words named per explanation, when the model has them
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class Phrase:
 @dataclass(frozen=True)
 class Explanation:
     phrases: tuple[Phrase, ...]  # largest |weight| first
+    # the site's words that moved the score most (their share of its log-odds), largest
+    # first; none without site words
+    words: tuple[Phrase, ...] = ()
 
     def top(self, count: int) -> tuple[Phrase, ...]:
         return self.phrases[:count]
@@ -75,9 +84,18 @@ class Explainer:
     def explain_texts(self, texts: Sequence[str]) -> list[Explanation]:
         """One explanation per text, in input order."""
         return [
-            Explanation(tuple(sorted((phrase for _, phrase in row), key=_strength)))
-            for row in self.weigh(texts)
+            Explanation(
+                tuple(sorted((phrase for _, phrase in row), key=_strength)),
+                self.site_words(text),
+            )
+            for text, row in zip(texts, self.weigh(texts), strict=True)
         ]
+
+    def site_words(self, text: str) -> tuple[Phrase, ...]:
+        site_words = self.classifier.site_words
+        if site_words is None:
+            return ()
+        return tuple(Phrase(word, moved) for word, moved in site_words.telling(text, SITE_WORDS))
 
     def weigh(self, texts: Sequence[str]) -> list[list[tuple[Spans, Phrase]]]:
         """Each text's phrases in text order, with their words' spans; one batch for all."""

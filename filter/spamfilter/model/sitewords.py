@@ -90,6 +90,13 @@ class WordModel:
         """The log-odds of spam that the words of each text give (no known word: the bias)."""
         return self._features.transform(texts) @ self.weights + self.bias
 
+    def contributions(self, text: str) -> list[tuple[str, float]]:
+        """Each known word of ``text`` and its part of the evidence (the parts and the
+        bias add up to ``evidence([text])``)."""
+        row = self._features.transform([text])
+        parts = row.data * self.weights[row.indices]
+        return [(self.vocabulary[i], float(p)) for i, p in zip(row.indices, parts, strict=True)]
+
 
 @dataclass(frozen=True)
 class Blend:
@@ -149,10 +156,13 @@ class SiteEvidence:
         return cls(WordModel.fit(texts, labels), gate)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        evidence = self.words.evidence(texts)
+        return self.words.evidence(texts) * self.share(texts)
+
+    def share(self, texts: Sequence[str]) -> np.ndarray:
+        """How far each text reads like the site's mail: P(site mail), 1 without a gate."""
         if self.gate is None:
-            return evidence
-        return evidence / (1 + np.exp(-self.gate.evidence(texts)))
+            return np.ones(len(texts))
+        return 1 / (1 + np.exp(-self.gate.evidence(texts)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +175,14 @@ class SiteWords:
     def scores(self, encoder_scores: Sequence[float], texts: Sequence[str]) -> np.ndarray:
         """P(spam) of each text, from the encoder's P(spam) of it and its words."""
         return self.blend(encoder_scores, self.evidence(texts))
+
+    def telling(self, text: str, count: int) -> list[tuple[str, float]]:
+        """The ``count`` words of ``text`` that moved its served log-odds of spam most,
+        each with how much (its part of the words' evidence, gated and blended), the
+        largest move first: why the site's words scored a message as they did."""
+        scale = self.blend.words * float(self.evidence.share([text])[0])
+        moved = [(word, part * scale) for word, part in self.evidence.words.contributions(text)]
+        return sorted(moved, key=lambda item: -abs(item[1]))[:count]
 
     def save(self, directory: Path) -> None:
         gate = self.evidence.gate

@@ -10,7 +10,9 @@ what it would have been.
 
 The header names the ``REPORT_PHRASES`` phrases with the largest weights, strongest
 first, each with its weight (log-odds of spam on its own, against an empty text; see
-``model/explain.py``) and in double quotes (``\\`` and ``"`` escaped), at most
+``model/explain.py``), then, for a model with site words, ``site words:`` and the
+``REPORT_WORDS`` words that moved the score most (their share of its log-odds), all in
+double quotes (``\\`` and ``"`` escaped), at most
 ``PHRASE_CHARS`` characters each. It is folded between words at ``LINE_CHARS``
 characters, with CRLF; runs of non-ASCII words become RFC 2047 encoded words. The
 phrases come from the model text, which holds no line breaks or control characters
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 HEADER = "X-Spam-Report"
 REPORT_PHRASES = 3
+REPORT_WORDS = 3
 PHRASE_CHARS = 60
 LINE_CHARS = 78  # RFC 5322's folding width
 EXPLAINED = {
@@ -78,8 +81,13 @@ class Reporter:
 
 
 def summary(explanation: Explanation) -> str:
-    """The header's value: ``+4.12 "cash prize now"; -0.80 "meeting agenda"`` (one line)."""
-    return "; ".join(_shown(phrase) for phrase in explanation.top(REPORT_PHRASES))
+    """The header's value: ``+4.12 "cash prize now"; -0.80 "meeting agenda"`` (one line),
+    and with site words ``; site words: +1.21 "zorblax" +0.80 "digest"``."""
+    shown = "; ".join(_shown(phrase) for phrase in explanation.top(REPORT_PHRASES))
+    if explanation.words:
+        words = " ".join(_shown(word) for word in explanation.words[:REPORT_WORDS])
+        shown += f"; site words: {words}"
+    return shown
 
 
 def header(explanation: Explanation | None) -> bytes:
