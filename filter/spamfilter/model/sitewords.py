@@ -17,7 +17,7 @@ fitted on 200 of its messages alone ranks the other 2,800 at ROC-AUC 0.998, wher
 encoder continued on the same 200 reaches 0.995-0.996.
 
 Fitting and scoring both live here, so that the features are defined once; both need
-only scikit-learn, which the filter installs anyway.
+only scikit-learn (and the scipy it brings), which the filter installs anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit  # the logistic function, without exp's overflow
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -128,7 +129,7 @@ class Blend:
         self, encoder_scores: Sequence[float], word_evidence: Sequence[float]
     ) -> np.ndarray:
         z = self.encoder * log_odds(encoder_scores) + self.words * np.asarray(word_evidence)
-        return 1 / (1 + np.exp(-(z + self.offset)))
+        return expit(z + self.offset)
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,7 +163,7 @@ class SiteEvidence:
         """How far each text reads like the site's mail: P(site mail), 1 without a gate."""
         if self.gate is None:
             return np.ones(len(texts))
-        return 1 / (1 + np.exp(-self.gate.evidence(texts)))
+        return expit(self.gate.evidence(texts))
 
 
 @dataclass(frozen=True, eq=False)
