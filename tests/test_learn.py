@@ -27,13 +27,14 @@ from spamfilter import cli
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.modeldir import CARD_FILE, WORDS_FILE, model_id, read_card
+from spamfilter.model.sitewords import SiteEvidence
 from spamfilter.smtp import quarantine
 from spamfilter.smtp.policy import Policy
 from spamrig.clients import delivered_ids, numbered_message, send, spam_headers
 from spamrig.daemon import daemon_process, filter_config, running_filter, serve_args, wait_for
 from spamrig.sink import sink
 from spamrig.synthetic import make_message, write_maildir
-from spamtrain.learn import continued_config
+from spamtrain.learn import continued_config, out_of_fold_evidence
 from spamtrain.learnconfig import LearnConfig
 from spamtrain.sitemail import MIN_PER_LABEL, looks_like_mail, read_site_mail
 
@@ -250,6 +251,20 @@ def test_repeated_copies_under_one_label_are_kept_once(tmp_path):
     files, mbox = write_directory(tmp_path / "a", spam), write_mbox(tmp_path / "b", spam[:3])
     mail = read_site_mail([files, mbox], [ham])
     assert (mail.count("spam"), mail.duplicates) == (12, 3)
+
+
+def test_each_site_messages_word_evidence_comes_from_a_fit_without_it():
+    """The fewest messages learn takes (MIN_PER_LABEL of each, as many as WORD_FOLDS): every
+    fold still fits on both labels, and a spam message told apart only by words of its own
+    looks, out of fold, like the ham it otherwise is."""
+    ham = [email_to_text(make_message(0, 200 + i)) for i in range(MIN_PER_LABEL)]
+    odd_one = email_to_text(make_message(0, 100)) + " quuxfoo blargzot fnordwib zimzam plonkit"
+    spam = [email_to_text(make_message(1, i)) for i in range(MIN_PER_LABEL - 1)] + [odd_one]
+    texts, labels = spam + ham, [1] * MIN_PER_LABEL + [0] * MIN_PER_LABEL
+    held_out = out_of_fold_evidence(texts, labels, [], seed=0)  # no replay: no gate
+    assert len(held_out) == len(texts) and np.isfinite(held_out).all()
+    (in_sample,) = SiteEvidence.fit(texts, labels, [])([odd_one])
+    assert held_out[MIN_PER_LABEL - 1] < 0 < in_sample
 
 
 def test_out_of_fold_scores_are_carried_to_the_final_models_scale_by_rank():
