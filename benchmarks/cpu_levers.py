@@ -5,12 +5,9 @@
 
 The variants, each an ONNX Runtime session on the model's own exports:
 - ``onnx-fp32``: ``model.onnx``, the reference;
-- ``onnx-int8``: ``model.int8.onnx`` (dynamic int8, per-channel weights), one text per
+- ``onnx-int8``: ``model.int8.onnx`` (dynamic int8, per-channel weights; the embeddings
+  and the first half of the feed-forward outputs in fp32), one text per
   run as the classifier scores it (``QUANTIZED_PER_RUN``);
-- ``int8-mixed``: dynamic int8 as ``onnx-int8``, but the word embeddings and the
-  feed-forward output MatMuls of the first half of the layers kept in fp32
-  (``quantize_mixed``): of the sets tried in a scratch run, the one that held the
-  parity rule at the least cost;
 - ``int8-static``: the fused fp32 graph's MatMuls quantized statically (QDQ, per-channel
   int8 weights, uint8 activations on scales from MinMax calibration over
   ``--calibration`` SpamAssassin training messages), so no run sets a scale and texts
@@ -37,7 +34,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -92,28 +88,6 @@ def variant(name: str, base: Classifier, path: Path, window: int, batch: int = 8
     classifier.runner = OnnxRunner(path)
     classifier.card = dataclasses.replace(base.card, max_length=window)
     return Variant(name, classifier, batch)
-
-
-def quantize_mixed(fp32: Path, out: Path) -> Path:
-    """``fp32`` quantized as ``onnx-int8`` is, except the embedding lookup and the
-    feed-forward output MatMul of each layer in the first half of the encoder."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(fp32, load_external_data=False).graph
-    layer = re.compile(r"/layer\.(\d+)/output/dense/MatMul$")
-    found = {node.name: int(m[1]) for node in graph.node if (m := layer.search(node.name))}
-    first_half = [name for name, index in found.items() if index < (max(found.values()) + 1) / 2]
-    quantize_dynamic(
-        fp32,
-        out,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Attention", "Gemm"],  # not EmbedLayerNormalization
-        nodes_to_exclude=first_half,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    return out
 
 
 def quantize_static(fp32: Path, out: Path, feeds: list[dict]) -> Path:
@@ -179,11 +153,9 @@ def main() -> None:
         ],
     )
     fp32_file = args.model / FILES["onnx-fp32"]
-    mixed = quantize_mixed(fp32_file, args.work / "model.int8-mixed.onnx")
     variants = [
         variant("onnx-fp32", classifier, fp32_file, full),
         variant("onnx-int8", classifier, args.model / FILES["onnx-int8"], full, batch=1),
-        variant("int8-mixed", classifier, mixed, full, batch=1),
         variant("int8-static", classifier, static, full),
     ] + [variant(f"window-{n}", classifier, fp32_file, int(n)) for n in args.windows.split(",")]
     rate: dict[str, float] = {}

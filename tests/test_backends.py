@@ -99,6 +99,20 @@ def test_export_onnx_command_writes_both_files_tagged_with_weights_and_recipe(ca
     assert {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization"} <= operators
 
 
+def test_int8_export_keeps_the_embeddings_and_the_lower_feed_forward_outputs_in_fp32(model_dir):
+    """Recipe 4: of the tiny model's two layers, layer 0's feed-forward output MatMul stays
+    fp32, layer 1's is int8; the embedding lookup is not quantized."""
+    import onnx
+
+    int8 = onnx.load(onnxmodel.export_onnx(model_dir)["onnx-int8"]).graph.node
+    operators = {node.name: node.op_type for node in int8}
+    assert operators["/bert/encoder/layer.0/output/dense/MatMul"] == "MatMul"
+    assert "/bert/encoder/layer.1/output/dense/MatMul" not in operators  # quantized
+    assert sum(op == "MatMulInteger" for op in operators.values()) >= 5  # the other MatMuls
+    assert "EmbedLayerNormalization" in operators.values()
+    assert "QEmbedLayerNormalization" not in operators.values()
+
+
 @pytest.mark.parametrize(
     "stale", [{onnxmodel.MODEL_ID_KEY: "other@00000000"}, {onnxmodel.RECIPE_KEY: "1"}]
 )
