@@ -12,8 +12,8 @@
    (``spamfilter.model.sitewords``: a model of the site's words, gated by a model of site
    mail against the replay sample), on finer folds of its own (``WORD_FOLDS``): it takes
    seconds to fit, and a fit on less mail judges more timidly. Every site message thus
-   gets the scores of models that never saw it, as a new message would. A held-out share would
-   leave a few dozen ham to calibrate on, and the final model's scores of its own
+   gets the scores of models that never saw it, as a new message would. A held-out share
+   would leave a few dozen ham to calibrate on, and the final model's scores of its own
    training mail are too low to calibrate on at all.
 4. Train the parent on all the site's mail plus the replay sample (the loop of
    ``training/train.py``, in this process), fit the site evidence on all of it, and score

@@ -3,10 +3,10 @@
 ``spamfilter export-onnx --model DIR`` (and training, at its end) writes ``model.onnx``
 (fp32) and ``model.int8.onnx`` (int8 weights per output channel, dynamic quantization by
 ``onnxruntime.quantization.quantize_dynamic``; a few MatMuls kept in fp32,
-``_kept_in_fp32``) into the model directory. The encoder is
-exported with eager attention, which ONNX Runtime's transformer optimizer fuses into its
-``Attention``, ``EmbedLayerNormalization``, ``SkipLayerNormalization`` and ``BiasGelu``
-kernels; the fused graph is kept only if its logits match PyTorch's on a probe batch.
+``_kept_in_fp32``) into the model directory. The encoder is exported with eager
+attention, which ONNX Runtime's transformer optimizer fuses into its ``Attention``,
+``EmbedLayerNormalization``, ``SkipLayerNormalization`` and ``BiasGelu`` kernels; the
+fused graph is kept only if its logits match PyTorch's on a probe batch.
 
 A classifier asked for an ONNX precision exports the files itself when they are missing,
 were exported from other weights or by an older recipe (each file records both), so a
