@@ -25,6 +25,8 @@ from spamfilter.model.precision import (
     cpu_flags,
     has_int8_dot_products,
     resolve,
+    runs_at_once,
+    usable_cores,
 )
 from spamrig.synthetic import make_message
 
@@ -261,6 +263,21 @@ def test_classifier_scores_with_the_backend_auto_resolves_to(model_dir, fp32_sco
     if classifier.device == "cpu":
         scores = np.asarray(classifier.score_raw(MESSAGES))
         assert np.max(np.abs(scores - fp32_scores)) <= TOLERANCE[classifier.precision]
+
+
+def test_model_runs_default_to_one_per_core_only_where_each_message_runs_alone_in_onnx(
+    model_dir,
+):
+    cores = usable_cores()
+    assert runs_at_once(0, "onnx-int8", "cpu") == cores
+    for backend, device in [("onnx-fp32", "cpu"), ("int8", "cpu"), ("fp32", "cuda:0")]:
+        assert runs_at_once(0, backend, device) == 1
+    assert runs_at_once(3, "onnx-fp32", "cpu") == 3  # a number is taken as it is
+    classifier = Classifier(model_dir, precision="onnx-fp32", model_runs=2)
+    assert classifier.runs_at_once == 2
+    assert classifier.runner.session.get_session_options().intra_op_num_threads == max(
+        1, cores // 2
+    )  # the cores shared by the runs
 
 
 def test_onnx_backends_refuse_a_gpu(model_dir):

@@ -73,6 +73,33 @@ def test_messages_arriving_while_the_model_is_busy_form_the_next_batch_and_overl
     assert scorer.batches == [1, 4, 1]  # batches of at most max_batch
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_with_two_workers_a_batch_is_scored_while_another_is_in_the_model(workers):
+    """Two lone messages, the first still in the scorer when the second arrives: with two
+    workers both are inside at once; with one, the second waits (and the barrier breaks)."""
+    both_inside = threading.Barrier(2, timeout=2)
+
+    def scorer(messages):
+        both_inside.wait()
+        return [0.5] * len(messages)
+
+    async def scenario():
+        batcher = MicroBatcher(scorer, max_batch=4, workers=workers)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score(b"a"))
+        await _yield_to_the_loop()
+        second = asyncio.ensure_future(batcher.score(b"b"))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        await batcher.aclose()
+        return results
+
+    results = asyncio.run(scenario())
+    if workers == 2:
+        assert results == [0.5, 0.5]
+    else:
+        assert all(isinstance(result, threading.BrokenBarrierError) for result in results)
+
+
 def test_batcher_passes_scorer_errors_to_every_waiting_message():
     def broken(messages):
         raise RuntimeError("model crashed")

@@ -139,7 +139,15 @@ class FilterConfig:
         metadata=_help("where to score: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N"),
     )
     threads: int = field(
-        default=0, metadata=_help("CPU threads for scoring; 0: the runtime's default")
+        default=0,
+        metadata=_help("CPU threads of each model run; 0: the cores, shared by the model_runs"),
+    )
+    model_runs: int = field(
+        default=0,
+        metadata=_help(
+            "model runs at once, each from its own thread; 0: one per core where each message "
+            "runs alone (onnx-int8 on the CPU), else 1"
+        ),
     )
     batch_size: int = field(
         default=8,
@@ -235,6 +243,9 @@ class FilterConfig:
         for name in (*counts, "max_connections", "max_messages_per_session"):
             if getattr(self, name) < 1:
                 problems.append(f"'{name}' must be at least 1")
+        for name in ("threads", "model_runs"):
+            if getattr(self, name) < 0:
+                problems.append(f"'{name}' must be 0 (automatic) or more")
         problems += self._access_problems()
         problems += self._list_problems()
         if not self.subject_tag.isascii():

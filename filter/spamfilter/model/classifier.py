@@ -38,6 +38,8 @@ from spamfilter.model.precision import (
     require_scoring_cpu,
     resolve,
     resolve_device,
+    runs_at_once,
+    usable_cores,
 )
 from spamfilter.model.sitewords import SiteWords
 
@@ -78,7 +80,11 @@ class Classifier:
         precision: Precision,
         threads: int | None = None,
         device: str = "cpu",
+        model_runs: int = 1,
     ) -> None:
+        """``threads``: of each model run (None: the cores, shared by the runs at once);
+        ``model_runs``: calls that may run the model at once (0: ``runs_at_once``'s
+        choice); the daemon's settings of the same names."""
         self.model_dir = Path(model_dir)
         self.card: ModelCard = read_card(self.model_dir)
         if precision.startswith("onnx-"):  # ONNX Runtime's CPU build: the CPU or nothing
@@ -88,6 +94,9 @@ class Classifier:
         self.device = resolve_device(device)
         self.precision = resolve(precision, self.device)
         require_scoring_cpu(self.precision)
+        self.runs_at_once = runs_at_once(model_runs, self.precision, self.device)
+        if threads is None and self.runs_at_once > 1:
+            threads = max(1, usable_cores() // self.runs_at_once)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:
@@ -103,7 +112,7 @@ class Classifier:
             )
         else:
             self.runner = TorchRunner(self.model_dir, self.precision, threads, self.device)
-        self._lock = threading.Lock()
+        self._runs = threading.BoundedSemaphore(self.runs_at_once)
         # Held by every call of the tokenizer (``tokenize`` and ``score_texts``): a fast
         # tokenizer's call sets its backend's truncation for all threads, so the explaining
         # thread's untruncated call could let the scoring thread's texts through at full
@@ -141,9 +150,10 @@ class Classifier:
         ids = encoded["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
-        # One call's runs hold the model together: another thread's texts (the daemon's
-        # scoring beside its explaining) wait for the call, not for each of its runs.
-        with self._lock:
+        # One call's runs hold their place together: where one run goes at a time, another
+        # thread's texts (the daemon's scoring beside its explaining) wait for the call,
+        # not for each of its runs; with more, that many calls run side by side.
+        with self._runs:
             for chunk in _runs(order, [len(row) for row in ids], batch_size, max_tokens):
                 with self._tokenizer_lock:
                     batch = self.tokenizer.pad(

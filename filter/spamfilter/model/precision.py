@@ -5,6 +5,7 @@ A module of its own (no torch import) so the CLI can build its parser cheaply.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal, get_args
@@ -22,10 +23,12 @@ DEFAULT_PRECISION: Precision = "auto"
 # (ROC-AUC within 0.002, recall at the threshold within 0.01, FPR within 0.001, on the
 # SpamAssassin test split and on other people's mail; docs/benchmarks.md): ONNX fp32 is
 # fp32's arithmetic to ~1e-6, ONNX int8 quantizes each weight column on its own scale
-# (within the rule batched; run text by text, as now, its recall at the tag threshold on
-# other people's mail is 0.011 below fp32's, 0.001 past the rule: docs/benchmarks.md).
-# They share one set of thresholds. PyTorch's bf16 and int8 (one scale per weight
-# matrix) move scores near the thresholds and need thresholds tuned for themselves.
+# and (export recipe 4) keeps the embeddings and three of its 18 MatMuls in fp32: run
+# text by text, its recall at the tag threshold moved +0.002 (SpamAssassin test) and
+# +0.010 (other people's mail) against fp32's on an AVX-512 VNNI CPU, where every MatMul
+# in int8 lost 0.013-0.015. They share one set of thresholds. PyTorch's bf16 and int8
+# (one scale per weight matrix) move scores near the thresholds and need thresholds
+# tuned for themselves.
 SHARES_FP32_THRESHOLDS: frozenset[str] = frozenset({"fp32", "onnx-fp32", "onnx-int8"})
 
 # Backends that quantize activations at run time with one scale for the whole input
@@ -34,6 +37,30 @@ SHARES_FP32_THRESHOLDS: frozenset[str] = frozenset({"fp32", "onnx-fp32", "onnx-i
 # 0.19 on the default model (docs/benchmarks.md), so one message could move another's
 # verdict. The classifier runs each text on its own with these.
 QUANTIZED_PER_RUN: frozenset[str] = frozenset({"int8", "onnx-int8"})
+
+
+def runs_at_once(requested: int, backend: str, device: str) -> int:
+    """How many model runs go at once: ``requested``, or for 0 one per core where each
+    message runs alone in ONNX Runtime on the CPU (``onnx-int8``: ``QUANTIZED_PER_RUN``),
+    else 1.
+
+    One run on two threads waits for its slower half whenever SMTP holds a core; two runs
+    on one thread each do not: on a 2-core AVX-512 VNNI CPU the daemon served 17-28 % more
+    mail at 64 SMTP clients and 5-18 % more at 4, with the same scores
+    (docs/benchmarks.md). In onnx-fp32 (batched runs) it gained nothing, so other
+    backends keep one run.
+    """
+    if requested:
+        return requested
+    if device == "cpu" and backend == "onnx-int8":
+        return usable_cores()
+    return 1
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or ``taskset``'s)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 # Without these, x86 int8 kernels add u8 x s8 products in 16-bit sums that saturate
 # (ONNX Runtime's quantization notes): on an AVX2-only CPU the default model's onnx-int8

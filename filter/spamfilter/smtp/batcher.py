@@ -1,9 +1,10 @@
 """Micro-batching: many SMTP sessions, one model, an event loop that never blocks.
 
 Sessions ``await batcher.score(raw)``. One worker task takes every message waiting (up
-to ``max_batch``) and runs the scorer on them in ONE worker thread (the model is
-CPU-bound and already uses every core through its runtime's threads; two batches at
-once would only fight over them). It never waits for a batch to fill: when the model is
+to ``max_batch``) and runs the scorer on them in a worker thread, up to ``workers``
+batches at once: one where a model run uses every core through its runtime's threads
+(two would only fight over them), one per core where each run keeps to one thread (the
+daemon's ``model_runs``). It never waits for a batch to fill: when the model is
 idle, a message that arrives is scored at once (one client pays no batching delay), and
 while the model is busy, arriving messages queue and form the next batch (under load,
 batches fill by themselves).
@@ -40,12 +41,14 @@ class MicroBatcher(Generic[R]):
         max_batch: int = FilterConfig.batch_size,
         queue_size: int = FilterConfig.queue_size,
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+        workers: int = 1,
     ) -> None:
         self._score_batch = score_batch
         self.max_batch = max_batch
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[R]]] = asyncio.Queue(queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self._workers = workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scorer")
         self._worker: asyncio.Task[None] | None = None
         self._callers = 0  # score() calls not yet answered
 
@@ -99,28 +102,41 @@ class MicroBatcher(Generic[R]):
         self._executor.shutdown(wait=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            live = [(raw, future) for raw, future in batch if not future.done()]
-            if not live:  # every sender gave up (timeout, lost connection)
-                continue
-            started = time.perf_counter()
-            try:
-                scores = await loop.run_in_executor(
-                    self._executor, self._score_batch, [raw for raw, _ in live]
-                )
-                results = list(zip(live, scores, strict=True))
-            except Exception as error:
-                log.exception("scoring a batch of %d failed", len(live))
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            self._on_batch(len(live), time.perf_counter() - started)
-            for (_, future), score in results:
+        """Up to ``workers`` batches in the scorer at once, each taken when a worker frees."""
+        free = asyncio.Semaphore(self._workers)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await free.acquire()
+                batch = await self._collect()
+                task = asyncio.get_running_loop().create_task(self._score(batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: free.release())
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _score(self, batch: list[tuple[bytes, asyncio.Future[R]]]) -> None:
+        live = [(raw, future) for raw, future in batch if not future.done()]
+        if not live:  # every sender gave up (timeout, lost connection)
+            return
+        started = time.perf_counter()
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._score_batch, [raw for raw, _ in live]
+            )
+            results = list(zip(live, scores, strict=True))
+        except Exception as error:
+            log.exception("scoring a batch of %d failed", len(live))
+            for _, future in live:
                 if not future.done():
-                    future.set_result(score)
+                    future.set_exception(error)
+            return
+        self._on_batch(len(live), time.perf_counter() - started)
+        for (_, future), score in results:
+            if not future.done():
+                future.set_result(score)
 
     async def _collect(self) -> list[tuple[bytes, asyncio.Future[R]]]:
         """The next batch: the first message to arrive, and those already waiting with it."""

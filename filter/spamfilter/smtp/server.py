@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # Settings bound at start-up (sockets, the scoring backend and thread). The model may
 # change on SIGHUP.
 RESTART_ONLY = (
-    *("listen", "metrics_listen", "precision", "device", "threads", "queue_size"),
+    *("listen", "metrics_listen", "precision", "device", "threads", "model_runs", "queue_size"),
     "explain_phrases",
     *("tls_cert", "tls_key", "auth_file", "instance_name"),
 )
@@ -96,7 +96,15 @@ class FilterDaemon:
 
     @staticmethod
     def _load_model(config: FilterConfig, directory: Path) -> tuple[Classifier, Explainer]:
-        classifier = Classifier(directory, config.precision, config.threads or None, config.device)
+        classifier = Classifier(
+            directory, config.precision, config.threads or None, config.device, config.model_runs
+        )
+        log.info(
+            "scoring with %s on %s, %d model run(s) at once",
+            classifier.precision,
+            classifier.device,
+            classifier.runs_at_once,
+        )
         return classifier, Explainer(classifier, config.explain_phrases, config.batch_size)
 
     # 2. start ----------------------------------------------------------------------------
@@ -145,6 +153,8 @@ class FilterDaemon:
             max_batch=config.batch_size,
             queue_size=config.queue_size,
             on_batch=self.metrics.observe_batch,
+            # the model's runs at once; a stand-in scorer (tests) takes one batch at a time
+            workers=scorer.runs_at_once if isinstance(scorer, Classifier) else 1,
         )
         batcher.start()
         if explainer is None:
