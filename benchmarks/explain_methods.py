@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 from spamfilter.model.classifier import Classifier
-from spamfilter.model.explain import Explainer, Spans, log_odds
+from spamfilter.model.explain import Explainer, Spans
 from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.modeldir import SPAM_LABEL, load_model
+from spamfilter.model.odds import log_odds
 from spamfilter.model.precision import BACKENDS
 from spamtrain.data import load_splits
 

@@ -23,9 +23,10 @@ import pytest
 from spamfilter import cli
 from spamfilter.config import FilterConfig
 from spamfilter.model.classifier import Classifier
-from spamfilter.model.explain import Explainer, Explanation, Phrase, log_odds
+from spamfilter.model.explain import Explainer, Explanation, Phrase
 from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.modeldir import read_card, write_card
+from spamfilter.model.odds import log_odds
 from spamfilter.smtp.spamreport import PHRASE_CHARS, REPORT_PHRASES, header, summary
 from spamrig.clients import our_prefix, send, spam_headers
 from spamrig.daemon import filter_config, running_filter

@@ -13,7 +13,8 @@ import pytest
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.mailtext import email_to_text
 from spamfilter.model.modeldir import WORDS_FILE, ModelDirError, model_id
-from spamfilter.model.sitewords import Blend, SiteEvidence, SiteWords, WordModel, log_odds
+from spamfilter.model.odds import log_odds
+from spamfilter.model.sitewords import Blend, SiteEvidence, SiteWords, WordModel
 from spamrig.synthetic import make_message
 
 # A site whose users call one newsletter spam: its words are ham words to any encoder

@@ -27,7 +27,6 @@ forward and a backward pass in PyTorch) 46-54 %, no better than chance.
 from __future__ import annotations
 
 import bisect
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,10 +34,10 @@ from dataclasses import dataclass
 from spamfilter.model.classifier import Classifier
 from spamfilter.model.encode import head_and_tail, special_affixes
 from spamfilter.model.mailtext import email_to_text
+from spamfilter.model.odds import log_odds
 
 _WORD = re.compile(r"\S+")
 Spans = list[list[tuple[int, int]]]  # per phrase, the (start, end) of each of its words
-_CERTAIN = 1e-12  # P(spam) kept this far from 0 and 1, so the log-odds stay finite
 SITE_WORDS = 5  # the site's words named per explanation, when the model has them
 
 
@@ -76,7 +75,7 @@ class Explainer:
         self.tokens_per_run = batch_size * classifier.card.max_length
         prefix, suffix = special_affixes(classifier.tokenize)
         self._room = classifier.card.max_length - len(prefix) - len(suffix)
-        self.empty_log_odds = log_odds(classifier.score_texts([""])[0])  # the zero of weights
+        self.empty_log_odds = float(log_odds(classifier.score_texts([""])[0]))  # weights' zero
 
     def explain_raw(self, messages: Sequence[bytes]) -> list[Explanation]:
         return self.explain_texts([email_to_text(raw) for raw in messages])
@@ -105,10 +104,11 @@ class Explainer:
             for text, text_spans in zip(texts, spans, strict=True)
         ]
         flat = [phrase for text_phrases in phrases for phrase in text_phrases]
-        scores = iter(self.classifier.score_texts(flat, self.texts_per_run, self.tokens_per_run))
+        scores = self.classifier.score_texts(flat, self.texts_per_run, self.tokens_per_run)
+        weights = iter((log_odds(scores) - self.empty_log_odds).tolist())
         return [
             [
-                (words, Phrase(phrase, log_odds(next(scores)) - self.empty_log_odds))
+                (words, Phrase(phrase, next(weights)))
                 for words, phrase in zip(text_spans, text_phrases, strict=True)
             ]
             for text_spans, text_phrases in zip(spans, phrases, strict=True)
@@ -130,11 +130,6 @@ class Explainer:
                 seen[index] = seen.get(index, 0) + 1
         window = [words[index] for index in seen]
         return _balanced(window, list(seen.values()), self.phrases)
-
-
-def log_odds(probability: float) -> float:
-    probability = min(max(probability, _CERTAIN), 1 - _CERTAIN)
-    return math.log(probability / (1 - probability))
 
 
 def _strength(phrase: Phrase) -> float:

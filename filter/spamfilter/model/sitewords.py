@@ -36,6 +36,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from spamfilter.model.modeldir import WORDS_FILE, ModelDirError
+from spamfilter.model.odds import log_odds
 
 FORMAT = 1
 # The most frequent words kept: 200 messages hold ~9,000 distinct ones, and the file
@@ -44,20 +45,12 @@ MAX_WORDS = 50_000
 # scikit-learn's C (inverse regularisation) of the word model: 1 / 10 / 100 gave ROC-AUC
 # 0.9975 / 0.9981 / 0.9981 on the rest of TREC after 200 messages.
 WORDS_C = 10.0
-# Encoder scores are kept this far from 0 and 1 before their log-odds are taken: fp32
-# probabilities resolve about 6e-8 next to 1.
-_CERTAIN = 1e-7
 
 
 def vectorizer(vocabulary: Sequence[str] | None = None) -> TfidfVectorizer:
     """The word features: lowercased words of two or more letters or digits, log-scaled
     counts times inverse document frequency, each text scaled to unit length."""
     return TfidfVectorizer(sublinear_tf=True, max_features=MAX_WORDS, vocabulary=vocabulary)
-
-
-def log_odds(probabilities: Sequence[float] | np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), _CERTAIN, 1 - _CERTAIN)
-    return np.log(p / (1 - p))
 
 
 @dataclass(frozen=True, eq=False)  # numpy fields: equal means the same object
