@@ -117,7 +117,7 @@ def evaluate(
     _, scoring = timed(classifier.score_texts, list(texts), BATCH)
     figures: dict[str, dict[str, list[float]]] = {}
     for text in texts:
-        full = log_odds(classifier.score_texts([text])[0])
+        full = float(log_odds(classifier.score_texts([text])[0]))
         sign = 1.0 if full > 0 else -1.0
         for count, explainer in explainers.items():
             (weighed,), seconds = timed(explainer.weigh, [text])
@@ -126,7 +126,7 @@ def evaluate(
             if count == 12:
                 variants = [without(text, spans) for spans in phrases]
                 scores, seconds = timed(classifier.score_texts, variants, BATCH)
-                ranked["removal, 12 phrases"] = ([full - log_odds(s) for s in scores], seconds)
+                ranked["removal, 12 phrases"] = ((full - log_odds(scores)).tolist(), seconds)
                 ranked["gradient, 12 phrases"] = timed(gradient.weights, text, phrases)
             for name, (weights, seconds) in ranked.items():
                 top = max(range(len(weights)), key=lambda i: sign * weights[i])
@@ -135,8 +135,9 @@ def evaluate(
                     [without(text, phrases[top]), without(text, phrases[least])], BATCH
                 )
                 row = figures.setdefault(name, {"top": [], "least": [], "seconds": []})
-                row["top"].append(sign * (full - log_odds(moved[0])))
-                row["least"].append(sign * (full - log_odds(moved[1])))
+                top_moved, least_moved = (sign * (full - log_odds(moved))).tolist()
+                row["top"].append(top_moved)
+                row["least"].append(least_moved)
                 row["seconds"].append(seconds)
     result = {}
     for name, row in figures.items():
