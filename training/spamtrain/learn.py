@@ -373,6 +373,14 @@ def assign_folds(labels: Sequence[int], folds: int, seed: int) -> list[int]:
     return fold_of
 
 
+def fold_splits(fold_of: Sequence[int], folds: int) -> Iterator[tuple[int, list[int], list[int]]]:
+    """For each fold: its number, the rows kept for fitting and the rows it holds out."""
+    for fold in range(folds):
+        kept = [row for row, value in enumerate(fold_of) if value != fold]
+        held = [row for row, value in enumerate(fold_of) if value == fold]
+        yield fold, kept, held
+
+
 @dataclass
 class HeldOut:
     """Out-of-fold scores of the site's mail, and what each fold model gave the reference."""
@@ -426,9 +434,7 @@ def out_of_fold(
     scores = [0.0] * len(labels)
     references: list[list[float]] | None = [] if "validation" in features else None
     with tempfile.TemporaryDirectory(prefix="spamfilter-learn-") as scratch:
-        for fold in range(settings.folds):
-            kept = [row for row, value in enumerate(fold_of) if value != fold]
-            held = [row for row, value in enumerate(fold_of) if value == fold]
+        for fold, kept, held in fold_splits(fold_of, settings.folds):
             run = dataclasses.replace(config, output_dir=str(Path(scratch) / f"fold-{fold}"))
             model, _ = fit(run, accelerator, training_set(features, kept, settings.replay_ratio))
             loader = eval_loader(accelerator, tokenizer, features["site"].select(held), config)
@@ -457,11 +463,8 @@ def out_of_fold_evidence(
     its evidence is weaker, so the threshold chosen on it lands higher than the final
     model needs (docs/evaluation.md).
     """
-    fold_of = assign_folds(labels, WORD_FOLDS, seed)
     words = [0.0] * len(labels)
-    for fold in range(WORD_FOLDS):
-        kept = [row for row, value in enumerate(fold_of) if value != fold]
-        held = [row for row, value in enumerate(fold_of) if value == fold]
+    for _, kept, held in fold_splits(assign_folds(labels, WORD_FOLDS, seed), WORD_FOLDS):
         evidence = SiteEvidence.fit(
             [texts[row] for row in kept], [labels[row] for row in kept], replay_texts
         )([texts[row] for row in held])
